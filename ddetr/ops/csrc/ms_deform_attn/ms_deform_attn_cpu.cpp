@@ -1,0 +1,265 @@
+// CPU implementation of ddetr::ms_deform_attn: argument checks, allocation, dtype and
+// head_dims dispatch, and run-time choice of the instruction set. The kernels themselves
+// are in ms_deform_attn_cpu_kernel.h, the per-point math in ms_deform_attn_math.h.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "ms_deform_attn.h"
+#include "ms_deform_attn_math.h"
+
+namespace ddetr {
+namespace cpu {
+
+template <typename scalar_t>
+struct MsdaCpuArgs {
+  const scalar_t* value;
+  const int64_t* spatial_shapes;
+  const int64_t* level_start_index;
+  const scalar_t* sampling_locations;
+  const scalar_t* attention_weights;
+  MsdaSizes sizes;
+};
+
+}  // namespace cpu
+}  // namespace ddetr
+
+// One copy of the kernels per instruction set (see the top of ms_deform_attn_cpu_kernel.h).
+// Everything above is included before the target pragmas, so no header code is compiled
+// for a wider instruction set than the machine may have.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DDETR_X86_MULTI_ISA 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,bmi2")
+#define DDETR_ISA_NS avx512
+#include "ms_deform_attn_cpu_kernel.h"
+#undef DDETR_ISA_NS
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,bmi2")
+#define DDETR_ISA_NS avx2
+#include "ms_deform_attn_cpu_kernel.h"
+#undef DDETR_ISA_NS
+#pragma GCC pop_options
+#endif
+
+#define DDETR_ISA_NS generic
+#include "ms_deform_attn_cpu_kernel.h"
+#undef DDETR_ISA_NS
+
+namespace ddetr {
+namespace {
+
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+bool isa_supported(Isa isa) {
+#ifdef DDETR_X86_MULTI_ISA
+  switch (isa) {
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("bmi2");
+    default: return true;
+  }
+#else
+  return isa == Isa::kGeneric;
+#endif
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kGeneric}) {
+    if (name == isa_name(isa)) return isa;
+  }
+  TORCH_CHECK_VALUE(false, "ms_deform_attn: unknown CPU instruction set '", name,
+                    "' (expected avx512, avx2 or generic)");
+}
+
+Isa best_isa() {
+  // DDETR_CPU_ISA=avx2|generic caps the choice, e.g. to compare paths.
+  const char* env = std::getenv("DDETR_CPU_ISA");
+  Isa cap = env ? parse_isa(env) : Isa::kAvx512;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    if (static_cast<int>(isa) <= static_cast<int>(cap) && isa_supported(isa)) return isa;
+  }
+  return Isa::kGeneric;
+}
+
+std::atomic<int>& current_isa() {
+  static std::atomic<int> isa{static_cast<int>(best_isa())};
+  return isa;
+}
+
+Isa isa_now() { return static_cast<Isa>(current_isa().load()); }
+
+// The kernels of every instruction set are the same source; these pick one at run time.
+template <typename scalar_t, int kHeadDims>
+void forward_isa(const cpu::MsdaCpuArgs<scalar_t>& args, scalar_t* out) {
+  switch (isa_now()) {
+#ifdef DDETR_X86_MULTI_ISA
+    case Isa::kAvx512: return cpu::avx512::forward<scalar_t, kHeadDims>(args, out);
+    case Isa::kAvx2: return cpu::avx2::forward<scalar_t, kHeadDims>(args, out);
+#endif
+    default: return cpu::generic::forward<scalar_t, kHeadDims>(args, out);
+  }
+}
+
+template <typename scalar_t, int kHeadDims, typename... Rest>
+void backward_isa(const cpu::MsdaCpuArgs<scalar_t>& args, Rest... rest) {
+  switch (isa_now()) {
+#ifdef DDETR_X86_MULTI_ISA
+    case Isa::kAvx512: return cpu::avx512::backward<scalar_t, kHeadDims>(args, rest...);
+    case Isa::kAvx2: return cpu::avx2::backward<scalar_t, kHeadDims>(args, rest...);
+#endif
+    default: return cpu::generic::backward<scalar_t, kHeadDims>(args, rest...);
+  }
+}
+
+// head_dims = 32 (256 channels over 8 heads) gets kernels with the channel count fixed at
+// compile time, whose accumulators stay in registers; other sizes use the generic loop.
+template <typename Fn>
+void dispatch_head_dims(int64_t head_dims, const Fn& fn) {
+  if (head_dims == 32) {
+    fn(std::integral_constant<int, 32>{});
+  } else {
+    fn(std::integral_constant<int, 0>{});
+  }
+}
+
+template <typename scalar_t>
+cpu::MsdaCpuArgs<scalar_t> make_args(const at::Tensor& value,
+                                              const at::Tensor& spatial_shapes,
+                                              const at::Tensor& level_start_index,
+                                              const at::Tensor& sampling_locations,
+                                              const at::Tensor& attention_weights,
+                                              const MsdaSizes& sizes) {
+  return {value.const_data_ptr<scalar_t>(),          spatial_shapes.const_data_ptr<int64_t>(),
+          level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<scalar_t>(),
+          attention_weights.const_data_ptr<scalar_t>(), sizes};
+}
+
+}  // namespace
+
+std::string cpu_isa() { return isa_name(static_cast<Isa>(current_isa().load())); }
+
+void set_cpu_isa(const std::string& name) {
+  const Isa isa = parse_isa(name);
+  TORCH_CHECK_VALUE(isa_supported(isa), "ms_deform_attn: this CPU does not support ", name);
+  current_isa().store(static_cast<int>(isa));
+}
+
+at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in,
+                                      const at::Tensor& spatial_shapes_in,
+                                      const at::Tensor& level_start_index_in,
+                                      const at::Tensor& sampling_locations_in,
+                                      const at::Tensor& attention_weights_in,
+                                      int64_t im2col_step) {
+  const MsdaSizes s = check_ms_deform_attn_args(value_in, spatial_shapes_in, level_start_index_in,
+                                                sampling_locations_in, attention_weights_in,
+                                                im2col_step, /*check_values=*/true);
+  const auto value = value_in.contiguous();
+  const auto spatial_shapes = spatial_shapes_in.contiguous();
+  const auto level_start_index = level_start_index_in.contiguous();
+  const auto sampling_locations = sampling_locations_in.contiguous();
+  const auto attention_weights = attention_weights_in.contiguous();
+  auto output = at::empty({s.bs, s.num_queries, s.num_heads * s.head_dims}, value.options());
+  if (output.numel() == 0) return output;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+        const auto args = make_args<scalar_t>(value, spatial_shapes, level_start_index,
+                                              sampling_locations, attention_weights, s);
+        scalar_t* out = output.mutable_data_ptr<scalar_t>();
+        dispatch_head_dims(s.head_dims, [&](auto head_dims) {
+          forward_isa<scalar_t, decltype(head_dims)::value>(args, out);
+        });
+      });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& value_in, const at::Tensor& spatial_shapes_in,
+    const at::Tensor& level_start_index_in, const at::Tensor& sampling_locations_in,
+    const at::Tensor& attention_weights_in, const at::Tensor& grad_output_in,
+    int64_t im2col_step) {
+  const MsdaSizes s = check_ms_deform_attn_args(value_in, spatial_shapes_in, level_start_index_in,
+                                                sampling_locations_in, attention_weights_in,
+                                                im2col_step, /*check_values=*/true);
+  check_grad_output(grad_output_in, s, value_in);
+  const auto value = value_in.contiguous();
+  const auto spatial_shapes = spatial_shapes_in.contiguous();
+  const auto level_start_index = level_start_index_in.contiguous();
+  const auto sampling_locations = sampling_locations_in.contiguous();
+  const auto attention_weights = attention_weights_in.contiguous();
+  const auto grad_output = grad_output_in.contiguous();
+
+  auto grad_value = at::zeros_like(value, at::MemoryFormat::Contiguous);
+  auto grad_sampling_locations = at::empty_like(sampling_locations);
+  auto grad_attention_weights = at::empty_like(attention_weights);
+  if (grad_output.numel() == 0 || sampling_locations.numel() == 0) {
+    grad_sampling_locations.zero_();
+    grad_attention_weights.zero_();
+    return {grad_value, grad_sampling_locations, grad_attention_weights};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        constexpr bool kSameType = std::is_same_v<acc_t, scalar_t>;
+        // One private grad_value buffer per thread. In float32/float64, thread 0 writes
+        // into grad_value itself; half types accumulate every thread in float32.
+        const int64_t num_threads = std::max(1, at::get_num_threads());
+        const int64_t num_private = kSameType ? num_threads - 1 : num_threads;
+        auto private_bufs =
+            at::zeros({num_private, value.numel()}, value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        std::vector<acc_t*> bufs;
+        if constexpr (kSameType) bufs.push_back(grad_value.mutable_data_ptr<acc_t>());
+        for (int64_t t = 0; t < num_private; ++t) {
+          bufs.push_back(private_bufs.mutable_data_ptr<acc_t>() + t * value.numel());
+        }
+        const auto args = make_args<scalar_t>(value, spatial_shapes, level_start_index,
+                                              sampling_locations, attention_weights, s);
+        const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+        scalar_t* g_loc = grad_sampling_locations.mutable_data_ptr<scalar_t>();
+        scalar_t* g_attn = grad_attention_weights.mutable_data_ptr<scalar_t>();
+        dispatch_head_dims(s.head_dims, [&](auto head_dims) {
+          backward_isa<scalar_t, decltype(head_dims)::value>(
+              args, go, static_cast<acc_t* const*>(bufs.data()),
+              static_cast<int64_t>(bufs.size()), g_loc, g_attn);
+        });
+        // Sum the private buffers into grad_value.
+        auto flat = grad_value.view({-1});
+        if constexpr (kSameType) {
+          for (int64_t t = 0; t < num_private; ++t) flat.add_(private_bufs[t]);
+        } else {
+          flat.copy_(private_bufs.sum(0));
+        }
+      });
+  return {grad_value, grad_sampling_locations, grad_attention_weights};
+}
+
+TORCH_LIBRARY_IMPL(ddetr, CPU, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_forward_cpu);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+}
+
+}  // namespace ddetr
