@@ -54,9 +54,7 @@ def make_extensions():
         extension = cpp_extension.CUDAExtension
         sources += sorted(glob.glob(osp.join(CSRC, '*', '*.cu')))
         define_macros.append(('DDETR_WITH_CUDA', None))
-        extra['nvcc'] = ['-O3', '-std=c++20', '--expt-relaxed-constexpr',
-                         '-D__CUDA_NO_HALF_OPERATORS__', '-D__CUDA_NO_HALF_CONVERSIONS__',
-                         '-D__CUDA_NO_BFLOAT16_CONVERSIONS__', '-D__CUDA_NO_HALF2_OPERATORS__']
+        extra['nvcc'] = ['-O3', '-std=c++20']
         # ATen's CUDA headers include cusparse.h / cublas_v2.h, which the pip wheels of
         # the CUDA libraries carry (not the toolkit).
         include_dirs += glob.glob(osp.join(osp.dirname(torch.__file__), '..', 'nvidia', '*',

@@ -209,6 +209,8 @@ if HAS_COMPILED_OP:
     @torch.library.register_fake('ddetr::ms_deform_attn')
     def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations,
                              attention_weights, im2col_step=64):
+        check_args(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, im2col_step, check_values=False)
         bs, _, num_heads, head_dims = value.shape
         return value.new_empty(bs, sampling_locations.shape[1], num_heads * head_dims)
 
@@ -216,6 +218,8 @@ if HAS_COMPILED_OP:
     def _ms_deform_attn_backward_fake(value, spatial_shapes, level_start_index,
                                       sampling_locations, attention_weights, grad_output,
                                       im2col_step=64):
+        check_args(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights, im2col_step, check_values=False)
         return (torch.empty_like(value), torch.empty_like(sampling_locations),
                 torch.empty_like(attention_weights))
 

@@ -1,1 +1,4 @@
+"""Detectors."""
+from .deformable_detr import DeformableDETR
 
+__all__ = ['DeformableDETR']

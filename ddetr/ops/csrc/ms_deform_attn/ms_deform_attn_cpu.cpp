@@ -29,6 +29,12 @@ struct MsdaCpuArgs {
   MsdaSizes sizes;
 };
 
+// Whole heads per thread (see ms_deform_attn_cpu_kernel.h) when there are at least 4
+// (batch, head) pairs per thread.
+inline bool split_by_head(const MsdaSizes& s) {
+  return s.bs * s.num_heads >= 4 * static_cast<int64_t>(at::get_num_threads());
+}
+
 }  // namespace cpu
 }  // namespace ddetr
 
@@ -225,12 +231,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         constexpr bool kSameType = std::is_same_v<acc_t, scalar_t>;
-        // One private grad_value buffer per thread. In float32/float64, thread 0 writes
-        // into grad_value itself; half types accumulate every thread in float32.
-        const int64_t num_threads = std::max(1, at::get_num_threads());
-        const int64_t num_private = kSameType ? num_threads - 1 : num_threads;
-        auto private_bufs =
-            at::zeros({num_private, value.numel()}, value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        // grad_value buffers: one per thread when threads split the queries, else one. In
+        // float32/float64 the first is grad_value itself; half types accumulate in float32.
+        const bool by_head = cpu::split_by_head(s);
+        const int64_t num_bufs = by_head ? 1 : std::max(1, at::get_num_threads());
+        const int64_t num_private = kSameType ? num_bufs - 1 : num_bufs;
+        auto private_bufs = at::zeros({num_private, value.numel()},
+                                      value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         std::vector<acc_t*> bufs;
         if constexpr (kSameType) bufs.push_back(grad_value.mutable_data_ptr<acc_t>());
         for (int64_t t = 0; t < num_private; ++t) {
@@ -243,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         scalar_t* g_attn = grad_attention_weights.mutable_data_ptr<scalar_t>();
         dispatch_head_dims(s.head_dims, [&](auto head_dims) {
           backward_isa<scalar_t, decltype(head_dims)::value>(
-              args, go, static_cast<acc_t* const*>(bufs.data()),
+              args, go, by_head, static_cast<acc_t* const*>(bufs.data()),
               static_cast<int64_t>(bufs.size()), g_loc, g_attn);
         });
         // Sum the private buffers into grad_value.
@@ -251,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         if constexpr (kSameType) {
           for (int64_t t = 0; t < num_private; ++t) flat.add_(private_bufs[t]);
         } else {
-          flat.copy_(private_bufs.sum(0));
+          flat.copy_(num_private == 1 ? private_bufs[0] : private_bufs.sum(0));
         }
       });
   return {grad_value, grad_sampling_locations, grad_attention_weights};

@@ -5,11 +5,14 @@
 // so the compiler vectorizes the channel loops for AVX-512, AVX2 and baseline x86-64 and
 // the op picks one at run time. Hence no include guard and no includes of its own.
 //
-// Work split: threads take contiguous chunks of (batch, query) pairs; in raster order the
-// queries of a chunk sample nearby pixels, which keeps the gathers in cache. Per sampling
-// point the coordinates are computed once (ms_deform_attn_math.h) and the attention weight
-// is folded into the four bilinear weights; the channel loop runs over the head's
-// contiguous head_dims values (a compile-time 32 in the common case).
+// Work split (see split_by_head): with enough (batch, head) pairs for the threads, each
+// thread takes whole heads, so the value (and its gradient) rows it touches are its own:
+// a head's slice of the maps stays in cache, and the backward scatters into grad_value
+// without races. Otherwise threads take contiguous chunks of queries (in raster order they
+// sample nearby pixels) and the backward gives each thread a private grad_value buffer.
+// Per sampling point the coordinates are computed once (ms_deform_attn_math.h) and the
+// attention weight is folded into the four bilinear weights; the channel loop runs over the
+// head's contiguous head_dims values (a compile-time 32 in the common case).
 
 namespace ddetr {
 namespace cpu {
@@ -21,120 +24,188 @@ inline int64_t query_grain(const MsdaSizes& s) {
   return std::max<int64_t>(1, 16384 / work);
 }
 
-// Eq. 3 without the projections: out[b, q, m] = sum_{l, k} A_mlqk * x^l_m(loc_mlqk).
+
+// <a, b> over n channels. With n fixed at compile time the products are summed in lanes
+// and then pairwise (a tree the compiler turns into a few vector adds), rather than
+// one lane after another, which is what the generic reduction compiles to.
+template <int kHeadDims, typename acc_t, typename scalar_t>
+inline acc_t dot_product(const acc_t* a, const scalar_t* b, int64_t n) {
+  if constexpr (kHeadDims > 0 && kHeadDims % 16 == 0) {
+    constexpr int kLanes = 16;
+    acc_t part[kLanes];
+    for (int c = 0; c < kLanes; ++c) part[c] = a[c] * static_cast<acc_t>(b[c]);
+    for (int base = kLanes; base < kHeadDims; base += kLanes) {
+      for (int c = 0; c < kLanes; ++c) part[c] += a[base + c] * static_cast<acc_t>(b[base + c]);
+    }
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int c = 0; c < width; ++c) part[c] += part[c + width];
+    }
+    return part[0];
+  } else {
+    acc_t sum = acc_t(0);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < n; ++c) sum += a[c] * static_cast<acc_t>(b[c]);
+    return sum;
+  }
+}
+
+// Eq. 3 without the projections, for query bq = b * num_queries + q and head m:
+// out[bq, m] = sum_{l, k} A_mlqk * x^l_m(loc_mlqk). `acc` holds head_dims accumulators.
+template <typename scalar_t, int kHeadDims>
+inline void forward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
+                               at::opmath_type<scalar_t>* acc, scalar_t* output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const MsdaSizes& s = a.sizes;
+  const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
+  const int64_t key_stride = s.num_heads * head_dims;  // one key: all heads' channels
+  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  const scalar_t* value_b = a.value + (bq / s.num_queries) * s.num_keys * key_stride;
+  for (int64_t c = 0; c < head_dims; ++c) acc[c] = acc_t(0);
+  for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points) {
+    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
+    const int64_t start = a.level_start_index[l];
+    if (!msda::level_in_bounds(start, height, width, s.num_keys)) continue;
+    const scalar_t* value_l = value_b + start * key_stride + m * head_dims;
+    for (int64_t p = 0; p < s.num_points; ++p) {
+      msda::BilinearPoint<acc_t> pt;
+      if (!msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) continue;
+      const acc_t attn_p = attn[p];
+      for (int corner = 0; corner < 4; ++corner) {
+        if (pt.offset[corner] < 0) continue;
+        const scalar_t* v = value_l + pt.offset[corner] * key_stride;
+        const acc_t w = attn_p * pt.weight[corner];
+#pragma omp simd
+        for (int64_t c = 0; c < head_dims; ++c) acc[c] += w * static_cast<acc_t>(v[c]);
+      }
+    }
+  }
+  scalar_t* out = output + bq * key_stride + m * head_dims;
+  for (int64_t c = 0; c < head_dims; ++c) out[c] = static_cast<scalar_t>(acc[c]);
+}
+
+// Backward of one (query, head) in dot-product form: per corner, dot = <grad_out, v> feeds
+// the location and attention gradients (msda::bilinear_point_backward), and
+// attn * weight * grad_out is added to that corner's row of grad_value.
+template <typename scalar_t, int kHeadDims>
+inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
+                                const scalar_t* grad_output, at::opmath_type<scalar_t>* go,
+                                at::opmath_type<scalar_t>* grad_value,
+                                scalar_t* grad_sampling_locations,
+                                scalar_t* grad_attention_weights) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const MsdaSizes& s = a.sizes;
+  const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
+  const int64_t key_stride = s.num_heads * head_dims;
+  const scalar_t* go_src = grad_output + bq * key_stride + m * head_dims;
+  for (int64_t c = 0; c < head_dims; ++c) go[c] = static_cast<acc_t>(go_src[c]);
+  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
+  scalar_t* grad_attn = grad_attention_weights + head_point;
+  const int64_t value_b = (bq / s.num_queries) * s.num_keys * key_stride;  // element offset
+  for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points,
+               grad_loc += 2 * s.num_points, grad_attn += s.num_points) {
+    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
+    const int64_t start = a.level_start_index[l];
+    const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
+    const int64_t value_l = value_b + start * key_stride + m * head_dims;
+    for (int64_t p = 0; p < s.num_points; ++p) {
+      msda::BilinearPoint<acc_t> pt;
+      if (!level_ok || !msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) {
+        grad_loc[2 * p] = grad_loc[2 * p + 1] = grad_attn[p] = scalar_t(0);
+        continue;
+      }
+      const acc_t attn_p = attn[p];
+      acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+      for (int corner = 0; corner < 4; ++corner) {
+        if (pt.offset[corner] < 0) continue;
+        const int64_t at_corner = value_l + pt.offset[corner] * key_stride;
+        acc_t* gv = grad_value + at_corner;
+        const acc_t w = attn_p * pt.weight[corner];
+#pragma omp simd
+        for (int64_t c = 0; c < head_dims; ++c) gv[c] += w * go[c];
+        dot[corner] = dot_product<kHeadDims>(go, a.value + at_corner, head_dims);
+      }
+      acc_t g_attn, g_x, g_y;
+      msda::bilinear_point_backward<acc_t>(pt, dot, attn_p, height, width, g_attn, g_x, g_y);
+      grad_loc[2 * p] = static_cast<scalar_t>(g_x);
+      grad_loc[2 * p + 1] = static_cast<scalar_t>(g_y);
+      grad_attn[p] = static_cast<scalar_t>(g_attn);
+    }
+  }
+}
+
+// Channel scratch of head_dims accumulators: on the stack when head_dims is a
+// compile-time constant, on the heap otherwise.
+template <typename acc_t, int kHeadDims>
+struct ChannelScratch {
+  explicit ChannelScratch(int64_t head_dims) : heap(kHeadDims > 0 ? 0 : head_dims) {}
+  acc_t* data() { return kHeadDims > 0 ? stack : heap.data(); }
+  acc_t stack[kHeadDims > 0 ? kHeadDims : 1];
+  std::vector<acc_t> heap;
+};
+
 template <typename scalar_t, int kHeadDims>
 void forward(const MsdaCpuArgs<scalar_t>& a, scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const MsdaSizes& s = a.sizes;
-  const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
-  const int64_t key_stride = s.num_heads * head_dims;          // one key: all heads' channels
-  const int64_t points_per_head = s.num_levels * s.num_points;  // L * K
-
-  at::parallel_for(0, s.bs * s.num_queries, query_grain(s), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc_heap(kHeadDims > 0 ? 0 : head_dims);
-    acc_t acc_stack[kHeadDims > 0 ? kHeadDims : 1];
-    acc_t* acc = kHeadDims > 0 ? acc_stack : acc_heap.data();
-    for (int64_t bq = begin; bq < end; ++bq) {
-      const int64_t b = bq / s.num_queries;
-      const scalar_t* value_b = a.value + b * s.num_keys * key_stride;
-      for (int64_t m = 0; m < s.num_heads; ++m) {
-        const int64_t head_point = (bq * s.num_heads + m) * points_per_head;
-        const scalar_t* loc = a.sampling_locations + head_point * 2;
-        const scalar_t* attn = a.attention_weights + head_point;
-        for (int64_t c = 0; c < head_dims; ++c) acc[c] = acc_t(0);
-        for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points) {
-          const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
-          const int64_t start = a.level_start_index[l];
-          if (!msda::level_in_bounds(start, height, width, s.num_keys)) continue;
-          const scalar_t* value_l = value_b + start * key_stride + m * head_dims;
-          for (int64_t p = 0; p < s.num_points; ++p) {
-            msda::BilinearPoint<acc_t> pt;
-            if (!msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) continue;
-            const acc_t attn_p = attn[p];
-            for (int corner = 0; corner < 4; ++corner) {
-              if (pt.offset[corner] < 0) continue;
-              const scalar_t* v = value_l + pt.offset[corner] * key_stride;
-              const acc_t w = attn_p * pt.weight[corner];
-#pragma omp simd
-              for (int64_t c = 0; c < head_dims; ++c) acc[c] += w * static_cast<acc_t>(v[c]);
-            }
-          }
+  if (split_by_head(s)) {
+    at::parallel_for(0, s.bs * s.num_heads, 1, [&](int64_t begin, int64_t end) {
+      ChannelScratch<acc_t, kHeadDims> acc(s.head_dims);
+      for (int64_t bm = begin; bm < end; ++bm) {
+        const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
+        for (int64_t q = 0; q < s.num_queries; ++q) {
+          forward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, acc.data(), output);
         }
-        scalar_t* out = output + bq * key_stride + m * head_dims;
-        for (int64_t c = 0; c < head_dims; ++c) out[c] = static_cast<scalar_t>(acc[c]);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, s.bs * s.num_queries, query_grain(s), [&](int64_t begin, int64_t end) {
+    ChannelScratch<acc_t, kHeadDims> acc(s.head_dims);
+    for (int64_t bq = begin; bq < end; ++bq) {
+      for (int64_t m = 0; m < s.num_heads; ++m) {
+        forward_query_head<scalar_t, kHeadDims>(a, bq, m, acc.data(), output);
       }
     }
   });
 }
 
-// Backward in dot-product form: per corner, dot = <grad_out, v> feeds the location and
-// attention gradients (msda::bilinear_point_backward), and attn * weight * grad_out is
-// added to that corner's value gradient. Each thread adds into its own grad_value buffer
-// (grad_value_bufs[thread]); the caller sums them, so there are no races and no atomics.
+// grad_value_bufs: with by_head (= split_by_head(sizes), decided by the caller, which
+// allocates the buffers), one buffer, as the heads' rows are disjoint; otherwise one per
+// thread, which the caller sums.
 template <typename scalar_t, int kHeadDims>
-void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output,
+void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool by_head,
               at::opmath_type<scalar_t>* const* grad_value_bufs, int64_t num_bufs,
               scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const MsdaSizes& s = a.sizes;
-  const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
-  const int64_t key_stride = s.num_heads * head_dims;
-  const int64_t points_per_head = s.num_levels * s.num_points;
-
+  if (by_head) {
+    at::parallel_for(0, s.bs * s.num_heads, 1, [&](int64_t begin, int64_t end) {
+      ChannelScratch<acc_t, kHeadDims> go(s.head_dims);
+      for (int64_t bm = begin; bm < end; ++bm) {
+        const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
+        for (int64_t q = 0; q < s.num_queries; ++q) {
+          backward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, grad_output,
+                                                   go.data(), grad_value_bufs[0],
+                                                   grad_sampling_locations, grad_attention_weights);
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, s.bs * s.num_queries, query_grain(s), [&](int64_t begin, int64_t end) {
     const int64_t thread = at::get_thread_num();
     TORCH_CHECK(thread < num_bufs, "ms_deform_attn_backward: thread ", thread, " has no buffer");
-    acc_t* grad_value = grad_value_bufs[thread];
-    std::vector<acc_t> go_heap(kHeadDims > 0 ? 0 : head_dims);
-    acc_t go_stack[kHeadDims > 0 ? kHeadDims : 1];
-    acc_t* go = kHeadDims > 0 ? go_stack : go_heap.data();
+    ChannelScratch<acc_t, kHeadDims> go(s.head_dims);
     for (int64_t bq = begin; bq < end; ++bq) {
-      const int64_t b = bq / s.num_queries;
-      const int64_t value_b = b * s.num_keys * key_stride;  // element offset of batch b
       for (int64_t m = 0; m < s.num_heads; ++m) {
-        const scalar_t* go_src = grad_output + bq * key_stride + m * head_dims;
-        for (int64_t c = 0; c < head_dims; ++c) go[c] = static_cast<acc_t>(go_src[c]);
-        const int64_t head_point = (bq * s.num_heads + m) * points_per_head;
-        const scalar_t* loc = a.sampling_locations + head_point * 2;
-        const scalar_t* attn = a.attention_weights + head_point;
-        scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
-        scalar_t* grad_attn = grad_attention_weights + head_point;
-        for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points,
-                     grad_loc += 2 * s.num_points, grad_attn += s.num_points) {
-          const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
-          const int64_t start = a.level_start_index[l];
-          const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
-          const int64_t value_l = value_b + start * key_stride + m * head_dims;
-          for (int64_t p = 0; p < s.num_points; ++p) {
-            msda::BilinearPoint<acc_t> pt;
-            if (!level_ok ||
-                !msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) {
-              grad_loc[2 * p] = grad_loc[2 * p + 1] = grad_attn[p] = scalar_t(0);
-              continue;
-            }
-            const acc_t attn_p = attn[p];
-            acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-            for (int corner = 0; corner < 4; ++corner) {
-              if (pt.offset[corner] < 0) continue;
-              const int64_t at_corner = value_l + pt.offset[corner] * key_stride;
-              const scalar_t* v = a.value + at_corner;
-              acc_t* gv = grad_value + at_corner;
-              const acc_t w = attn_p * pt.weight[corner];
-              acc_t d = acc_t(0);
-#pragma omp simd reduction(+ : d)
-              for (int64_t c = 0; c < head_dims; ++c) {
-                d += go[c] * static_cast<acc_t>(v[c]);
-                gv[c] += w * go[c];
-              }
-              dot[corner] = d;
-            }
-            acc_t g_attn, g_x, g_y;
-            msda::bilinear_point_backward<acc_t>(pt, dot, attn_p, height, width, g_attn, g_x, g_y);
-            grad_loc[2 * p] = static_cast<scalar_t>(g_x);
-            grad_loc[2 * p + 1] = static_cast<scalar_t>(g_y);
-            grad_attn[p] = static_cast<scalar_t>(g_attn);
-          }
-        }
+        backward_query_head<scalar_t, kHeadDims>(a, bq, m, grad_output, go.data(),
+                                                 grad_value_bufs[thread], grad_sampling_locations,
+                                                 grad_attention_weights);
       }
     }
   });

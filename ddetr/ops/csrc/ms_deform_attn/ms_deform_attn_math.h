@@ -19,6 +19,15 @@
 namespace ddetr {
 namespace msda {
 
+template <typename acc_t>
+DDETR_HOST_DEVICE acc_t floor_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return floor(x);
+#else
+  return std::floor(x);
+#endif
+}
+
 // Where one sampling point reads: its four neighbouring pixels (top-left, top-right,
 // bottom-left, bottom-right) as key indices relative to the start of its level, -1 for a
 // corner outside the map, with their bilinear weights.
@@ -43,8 +52,8 @@ DDETR_HOST_DEVICE bool bilinear_point(acc_t loc_x, acc_t loc_y, int64_t height, 
         w < static_cast<acc_t>(width))) {
     return false;
   }
-  const acc_t h_floor = ::floor(h);
-  const acc_t w_floor = ::floor(w);
+  const acc_t h_floor = floor_of(h);
+  const acc_t w_floor = floor_of(w);
   const int64_t h_low = static_cast<int64_t>(h_floor);  // in [-1, height - 1]
   const int64_t w_low = static_cast<int64_t>(w_floor);  // in [-1, width - 1]
   pt.frac_h = h - h_floor;

@@ -1,0 +1,35 @@
+"""Small tensor helpers shared by the model: inverse sigmoid, box formats, and the
+cross-process average of the loss normalizer. Pure functions of tensors."""
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """sigma^-1(x) = log(x / (1 - x)), with x clamped to [0, 1] and both x and 1 - x
+    clamped to at least ``eps`` so the result stays finite (about +-11.5 at the ends)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """(..., 4) boxes (center x, center y, width, height) -> (x1, y1, x2, y2)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """(..., 4) boxes (x1, y1, x2, y2) -> (center x, center y, width, height)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+
+
+def average_across_processes(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over all processes of the default group (itself when
+    torch.distributed is not initialized). Used for the number-of-boxes normalizer so
+    every process divides its loss by the same number."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()

@@ -1,0 +1,384 @@
+"""ddetr.ops.ms_deform_attn: the compiled CPU kernel (every instruction-set path), its
+autograd and fake registrations, the grid_sample fallback, and the argument checks."""
+import sys
+import warnings
+
+import pytest
+import torch
+
+from ddetr.ops import HAS_COMPILED_OP, ms_deform_attn, ms_deform_attn_pytorch
+
+# The module, not the function of the same name that ddetr.ops re-exports.
+msda_module = sys.modules['ddetr.ops.ms_deform_attn']
+
+pytestmark = pytest.mark.skipif(not HAS_COMPILED_OP, reason='ddetr._C is not built')
+# (The whole file is about the compiled op; the fallback alone is covered in test_fallback.py.)
+
+
+def reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Eq. 3's sampling written directly: gather the four neighbours of every point, weight
+    them bilinearly (zeros off the map) and by attention. Independent of grid_sample and of
+    the kernels; differentiable in value, locations and weights."""
+    bs, num_keys, num_heads, head_dims = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    out = value.new_zeros(bs, num_queries, num_heads, head_dims)
+    for level, ((height, width), start) in enumerate(zip(spatial_shapes.tolist(),
+                                                         level_start_index.tolist())):
+        if height * width == 0:
+            continue
+        value_l = value[:, start:start + height * width]  # (bs, H*W, M, D)
+        loc = sampling_locations[:, :, :, level]  # (bs, nq, M, K, 2)
+        x = loc[..., 0] * width - 0.5
+        y = loc[..., 1] * height - 0.5
+        x0, y0 = torch.floor(x.detach()), torch.floor(y.detach())
+        for dx in (0, 1):
+            for dy in (0, 1):
+                xi, yi = x0 + dx, y0 + dy
+                wx = 1 - (x - xi).abs()
+                wy = 1 - (y - yi).abs()
+                inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                idx = (yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)).long()
+                # gather value_l[b, idx[b, q, m, k], m, :] -> (bs, nq, M, K, D)
+                heads = torch.arange(num_heads).view(1, 1, num_heads, 1).expand_as(idx)
+                batch = torch.arange(bs).view(bs, 1, 1, 1).expand_as(idx)
+                sampled = value_l[batch, idx, heads]
+                weight = wx * wy * inside * attention_weights[:, :, :, level]
+                out = out + (weight.unsqueeze(-1) * sampled).sum(3)
+    return out.flatten(2)
+
+
+def make_inputs(bs=2, shapes=((6, 5), (3, 3), (2, 1)), num_queries=7, num_heads=2, head_dims=4,
+                num_points=3, dtype=torch.float64, spread=0.1, seed=0):
+    """Random inputs; sampling locations cover the maps plus a `spread` margin outside."""
+    gen = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    num_keys = int(sizes.sum())
+    num_levels = len(shapes)
+    value = torch.randn(bs, num_keys, num_heads, head_dims, generator=gen, dtype=dtype)
+    loc = torch.rand(bs, num_queries, num_heads, num_levels, num_points, 2, generator=gen,
+                     dtype=dtype) * (1 + 2 * spread) - spread
+    attn = torch.rand(bs, num_queries, num_heads, num_levels, num_points, generator=gen,
+                      dtype=dtype)
+    attn = attn / attn.sum((-2, -1), keepdim=True)
+    return value, spatial_shapes, level_start_index, loc, attn
+
+
+def supported_isas():
+    from ddetr import _C
+    original = _C.cpu_isa()
+    found = []
+    for isa in ('avx512', 'avx2', 'generic'):
+        try:
+            _C.set_cpu_isa(isa)
+        except ValueError:
+            continue
+        found.append(isa)
+    _C.set_cpu_isa(original)
+    return found
+
+
+@pytest.fixture(params=supported_isas() if HAS_COMPILED_OP else [])
+def isa(request):
+    """Runs a test once per instruction-set path of the CPU kernel this machine can run."""
+    from ddetr import _C
+    original = _C.cpu_isa()
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa(original)
+
+
+def grads(fn, inputs, grad_out):
+    value, shapes, starts, loc, attn = [t.detach().clone() for t in inputs]
+    for t in (value, loc, attn):
+        t.requires_grad_(True)
+    out = fn(value, shapes, starts, loc, attn)
+    out.backward(grad_out)
+    return out.detach(), value.grad, loc.grad, attn.grad
+
+
+# head_dims 32 takes the fixed-size kernel, the others the generic channel loop.
+@pytest.mark.parametrize('head_dims', [1, 3, 32, 71])
+def test_forward_and_gradients_match_reference_float64(isa, head_dims):
+    inputs = make_inputs(head_dims=head_dims)
+    grad_out = torch.randn(2, 7, 2 * head_dims, dtype=torch.float64)
+    ours = grads(ms_deform_attn, inputs, grad_out)
+    ref = grads(reference, inputs, grad_out)
+    for name, a, b in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'], ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_encoder_like_shapes_match_reference(isa):
+    # 4 levels, 8 heads x 32 channels, 4 points: the paper's configuration on tiny maps,
+    # every pixel a query.
+    inputs = make_inputs(bs=2, shapes=((8, 12), (4, 6), (2, 3), (1, 2)), num_queries=8 * 12,
+                         num_heads=8, head_dims=32, num_points=4, spread=0.2)
+    grad_out = torch.randn(2, 96, 256, dtype=torch.float64)
+    for name, a, b in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'],
+                          grads(ms_deform_attn, inputs, grad_out), grads(reference, inputs, grad_out)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize('head_dims', [1, 3, 32, 71, 1025])
+def test_gradcheck(isa, head_dims):
+    value, shapes, starts, loc, attn = make_inputs(bs=1, shapes=((3, 2), (2, 2)), num_queries=2,
+                                                   num_heads=2, head_dims=head_dims, num_points=2,
+                                                   spread=0.3)
+    for t in (value, loc, attn):
+        t.requires_grad_(True)
+    # Wide heads check random projections of the Jacobian (fast_mode), narrow ones all of it.
+    assert torch.autograd.gradcheck(
+        lambda v, l, a: ms_deform_attn(v, shapes, starts, l, a), (value, loc, attn),
+        eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=head_dims > 64)
+
+
+def test_points_far_outside_the_map_read_zeros(isa):
+    value, shapes, starts, loc, attn = make_inputs()
+    far = torch.tensor([-1e9, -3.0, -0.6, 1.6, 4.0, 1e9], dtype=torch.float64)
+    loc = far[torch.randint(0, 6, loc.shape, generator=torch.Generator().manual_seed(1))]
+    out = ms_deform_attn(value, shapes, starts, loc, attn)
+    assert torch.equal(out, torch.zeros_like(out))
+    # Mixed: half the points far outside, half inside, compares with the reference.
+    inside = make_inputs()[3]
+    mixed = torch.where(torch.rand(loc.shape[:-1] + (1,)) < 0.5, loc, inside)
+    torch.testing.assert_close(ms_deform_attn(value, shapes, starts, mixed, attn),
+                               reference(value, shapes, starts, mixed, attn))
+
+
+def test_non_finite_locations_read_zeros_and_never_crash(isa):
+    value, shapes, starts, loc, attn = make_inputs()
+    bad = loc.clone()
+    bad[:, :, :, :, 0] = float('nan')
+    bad[:, :, :, :, 1, 0] = float('inf')
+    bad[:, :, :, :, 2, 1] = -float('inf')
+    out = ms_deform_attn(value, shapes, starts, bad, attn)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, torch.zeros_like(out))
+    for t in (value, bad, attn):
+        t.requires_grad_(True)
+    ms_deform_attn(value, shapes, starts, bad, attn).sum().backward()
+    assert torch.equal(bad.grad, torch.zeros_like(bad)) and torch.equal(attn.grad, torch.zeros_like(attn))
+    assert torch.equal(value.grad, torch.zeros_like(value))
+
+
+def test_zero_queries_and_empty_batch(isa):
+    for bs, num_queries in [(2, 0), (0, 5)]:
+        value, shapes, starts, loc, attn = make_inputs(bs=bs, num_queries=num_queries)
+        for t in (value, loc, attn):
+            t.requires_grad_(True)
+        out = ms_deform_attn(value, shapes, starts, loc, attn)
+        assert out.shape == (bs, num_queries, 8)
+        out.sum().backward()
+        assert value.grad.shape == value.shape and torch.equal(value.grad, torch.zeros_like(value))
+        assert loc.grad.shape == loc.shape and attn.grad.shape == attn.shape
+
+
+def test_empty_level_is_skipped(isa):
+    value, shapes, starts, loc, attn = make_inputs(shapes=((4, 3), (0, 5), (2, 2)))
+    torch.testing.assert_close(ms_deform_attn(value, shapes, starts, loc, attn),
+                               reference(value, shapes, starts, loc, attn))
+
+
+@pytest.mark.parametrize('bs,im2col_step', [(3, 2), (5, 64), (1, 1)])
+def test_any_batch_size_with_any_im2col_step(bs, im2col_step):
+    inputs = make_inputs(bs=bs)
+    out = ms_deform_attn(*inputs, im2col_step=im2col_step)
+    per_sample = torch.cat([ms_deform_attn(inputs[0][i:i + 1], inputs[1], inputs[2],
+                                           inputs[3][i:i + 1], inputs[4][i:i + 1])
+                            for i in range(bs)])
+    torch.testing.assert_close(out, per_sample, rtol=0, atol=0)
+
+
+def test_non_contiguous_inputs():
+    value, shapes, starts, loc, attn = make_inputs(head_dims=6)
+    # Same values, permuted memory layouts.
+    value_nc = value.transpose(0, 1).contiguous().transpose(0, 1)
+    loc_nc = loc.transpose(-1, -2).contiguous().transpose(-1, -2)
+    attn_nc = attn.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (value_nc.is_contiguous() or loc_nc.is_contiguous() or attn_nc.is_contiguous())
+    grad_out = torch.randn(7, 2, 12, dtype=torch.float64).transpose(0, 1)
+    ours = grads(ms_deform_attn, (value_nc, shapes, starts, loc_nc, attn_nc), grad_out)
+    ref = grads(ms_deform_attn, (value, shapes, starts, loc, attn), grad_out.contiguous())
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+def test_half_precision_against_float32(isa, dtype, tol):
+    value, shapes, starts, loc, attn = make_inputs(bs=2, shapes=((16, 12), (8, 6), (4, 3)),
+                                                   num_queries=50, num_heads=4, head_dims=32,
+                                                   num_points=4, dtype=torch.float32)
+    low = [t.to(dtype) for t in (value, loc, attn)]
+    out_low = ms_deform_attn(low[0], shapes, starts, low[1], low[2])
+    # The float32 result on the half-rounded inputs isolates the kernel's own error.
+    out_ref = ms_deform_attn(low[0].float(), shapes, starts, low[1].float(), low[2].float())
+    assert out_low.dtype == dtype
+    torch.testing.assert_close(out_low.float(), out_ref, rtol=tol, atol=tol)
+    # Backward runs in float32 accumulation: value and attention gradients stay close.
+    grad_out = torch.randn_like(out_ref)
+    g_low = grads(ms_deform_attn, (low[0], shapes, starts, low[1], low[2]), grad_out.to(dtype))
+    g_ref = grads(ms_deform_attn, (low[0].float(), shapes, starts, low[1].float(), low[2].float()),
+                  grad_out.to(dtype).float())
+    for i in (1, 3):  # grad_value, grad_weights
+        assert g_low[i].dtype == dtype
+        torch.testing.assert_close(g_low[i].float(), g_ref[i], rtol=tol, atol=4 * tol)
+
+
+def test_float32_matches_float64():
+    inputs = make_inputs(head_dims=32)
+    out32 = ms_deform_attn(*[t.float() if t.is_floating_point() else t for t in inputs])
+    torch.testing.assert_close(out32.double(), ms_deform_attn(*inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_backward_is_deterministic():
+    inputs = make_inputs(bs=2, shapes=((20, 20), (10, 10)), num_queries=300, num_heads=8,
+                         head_dims=32, num_points=4, dtype=torch.float32, spread=0.0)
+    grad_out = torch.randn(2, 300, 256)
+    first = grads(ms_deform_attn, inputs, grad_out)
+    second = grads(ms_deform_attn, inputs, grad_out)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_fallback_equals_kernel():
+    for dtype in (torch.float64, torch.float32):
+        inputs = make_inputs(head_dims=5, dtype=dtype, spread=0.3)
+        grad_out = torch.randn(2, 7, 10, dtype=dtype)
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+        ours = grads(ms_deform_attn, inputs, grad_out)
+        fallback = grads(lambda *a: ms_deform_attn_pytorch(*a), inputs, grad_out)
+        for name, a, b in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'], ours,
+                              fallback):
+            if name == 'grad_locations' and dtype == torch.float32:
+                continue  # float32 location gradients flip near pixel centres (see kernel notes)
+            torch.testing.assert_close(a, b, msg=f'{name} {dtype}', **tol)
+
+
+def test_fallback_is_used_with_one_warning_when_no_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(msda_module, '_has_kernel', lambda device: False)
+    monkeypatch.setattr(msda_module, '_warned', False)
+    real_fallback = msda_module.ms_deform_attn_pytorch
+    monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
+                        lambda *a: calls.append(1) or real_fallback(*a))
+    inputs = make_inputs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        out1 = msda_module.ms_deform_attn(*inputs)
+        out2 = msda_module.ms_deform_attn(*inputs)
+    assert len(calls) == 2
+    assert len([w for w in caught if 'pure-PyTorch' in str(w.message)]) == 1
+    torch.testing.assert_close(out1, reference(*inputs))
+    assert torch.equal(out1, out2)
+
+
+def test_onnx_export_traces_the_fallback(monkeypatch):
+    calls = []
+    real_fallback = msda_module.ms_deform_attn_pytorch
+    monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
+                        lambda *a: calls.append(1) or real_fallback(*a))
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    msda_module.ms_deform_attn(*make_inputs())
+    assert calls == [1]
+
+
+def test_opcheck():
+    for head_dims in (4, 32):
+        inputs = make_inputs(head_dims=head_dims, dtype=torch.float32)
+        args = list(inputs[:3]) + [t.requires_grad_(True) for t in inputs[3:]] + [64]
+        args[0] = args[0].requires_grad_(True)
+        torch.library.opcheck(torch.ops.ddetr.ms_deform_attn.default, tuple(args))
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    value, shapes, starts, loc, attn = make_inputs(head_dims=32, dtype=torch.float32)
+
+    def fn(v, l, a):
+        return (ms_deform_attn(v, shapes, starts, l, a) * 2).sum()
+
+    compiled = torch.compile(fn, fullgraph=True)
+    eager_inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+    compiled_inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+    fn(*eager_inputs).backward()
+    compiled(*compiled_inputs).backward()
+    for a, b in zip(eager_inputs, compiled_inputs):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: every case raises ValueError/TypeError naming the argument, through the Python
+# API and through the raw op (the C++ checks), and never crashes the process.
+
+def _bad_cases():
+    v, s, i, l, a = make_inputs()
+    return {
+        'value rank': ((v[0], s, i, l, a), ValueError, 'value'),
+        'locations rank': ((v, s, i, l[..., 0, :], a), ValueError, 'sampling_locations'),
+        'weights rank': ((v, s, i, l, a[..., None]), ValueError, 'attention_weights'),
+        'shapes rank': ((v, s.flatten(), i, l, a), ValueError, 'spatial_shapes'),
+        'start rank': ((v, s, i[None], l, a), ValueError, 'level_start_index'),
+        'batch mismatch': ((v, s, i, l[:1], a[:1]), ValueError, 'sampling_locations'),
+        'heads mismatch': ((v[:, :, :1], s, i, l, a), ValueError, 'sampling_locations'),
+        'levels mismatch': ((v, s[:2], i[:2], l, a), ValueError, 'sampling_locations'),
+        'xy size': ((v, s, i, l[..., :1], a), ValueError, 'sampling_locations'),
+        'weights shape': ((v, s, i, l, a[:, :, :, :, :2]), ValueError, 'attention_weights'),
+        'start size': ((v, s, i[:2], l, a), ValueError, 'level_start_index'),
+        'num_keys': ((v[:, :-1], s, i, l, a), ValueError, 'keys'),
+        'start values': ((v, s, i.flip(0), l, a), ValueError, 'level_start_index'),
+        'negative shape': ((v, s * torch.tensor([[1, -1], [1, 1], [1, 1]]), i, l, a), ValueError,
+                           'spatial_shapes'),
+        'huge shape': ((v, torch.tensor([[2**40, 2**40], [3, 3], [2, 1]]), i, l, a), ValueError,
+                       'keys'),
+        'int32 shapes': ((v, s.int(), i, l, a), TypeError, 'int64'),
+        'int32 start': ((v, s, i.int(), l, a), TypeError, 'int64'),
+        'float shapes': ((v, s.double(), i, l, a), TypeError, 'int64'),
+        'mixed dtypes': ((v, s, i, l.float(), a), TypeError, 'dtype'),
+        'integer value': ((v.long(), s, i, l.long(), a.long()), TypeError, 'floating'),
+        'meta device': ((v, s, i, l.to('meta'), a), ValueError, 'device'),
+    }
+
+
+@pytest.mark.parametrize('case', sorted(_bad_cases()))
+def test_bad_input_raises_named_error(case):
+    args, error, needle = _bad_cases()[case]
+    with pytest.raises(error, match=needle):
+        ms_deform_attn(*args)
+    with pytest.raises(error, match=needle):
+        torch.ops.ddetr.ms_deform_attn(*args, 64)
+
+
+def test_bad_im2col_step_and_non_tensor():
+    inputs = make_inputs()
+    with pytest.raises(ValueError, match='im2col_step'):
+        ms_deform_attn(*inputs, im2col_step=0)
+    with pytest.raises(TypeError, match='spatial_shapes'):
+        ms_deform_attn(inputs[0], [[6, 5], [3, 3], [2, 1]], *inputs[2:])
+
+
+def test_bad_grad_output_to_raw_backward():
+    v, s, i, l, a = make_inputs()
+    with pytest.raises(ValueError, match='grad_output'):
+        torch.ops.ddetr.ms_deform_attn_backward(v, s, i, l, a, torch.zeros(2, 7, 9,
+                                                                           dtype=torch.float64), 64)
+    with pytest.raises(TypeError, match='grad_output'):
+        torch.ops.ddetr.ms_deform_attn_backward(v, s, i, l, a, torch.zeros(2, 7, 8), 64)
+
+
+@pytest.mark.parametrize('bs,num_heads', [(1, 2), (2, 8)])
+def test_thread_count_and_work_split_do_not_change_results(bs, num_heads):
+    """With few (batch, head) pairs per thread the kernel splits queries across threads
+    (private grad_value buffers); with many it gives whole heads to threads. Both splits,
+    at 1 and 2 threads, agree with the reference."""
+    inputs = make_inputs(bs=bs, num_heads=num_heads, head_dims=32, num_queries=40)
+    grad_out = torch.randn(bs, 40, num_heads * 32, dtype=torch.float64)
+    ref = grads(reference, inputs, grad_out)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for a, b in zip(grads(ms_deform_attn, inputs, grad_out), ref):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
