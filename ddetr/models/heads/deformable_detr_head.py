@@ -66,7 +66,7 @@ class DeformableDETRHead(BaseModule):
             match_costs=[dict(type='FocalLossCost', weight=2.0),
                          dict(type='BBoxL1Cost', weight=5.0),
                          dict(type='GIoUCost', weight=2.0)]))
-        self.test_cfg = dict(max_per_img=100, **(test_cfg or {}))
+        self.test_cfg = {**dict(max_per_img=100), **(test_cfg or {})}
 
         cls_branch = nn.Linear(embed_dims, num_classes)
         reg_branch = MLP(embed_dims, embed_dims, 4, num_reg_fcs + 1)
