@@ -16,3 +16,16 @@ def register_all_modules(init_scope: bool = True) -> None:
     import ddetr.models  # noqa: F401
     if init_scope:
         init_default_scope('ddetr')
+
+
+def parse_cfg_options(options):
+    """``--cfg-options`` KEY=VALUE strings -> dict for ``Config.merge_from_dict``, with
+    mmengine's value parsing (numbers, lists, tuples, True/False/None)."""
+    from mmengine.config import DictAction
+    parsed = {}
+    for option in options:
+        if '=' not in option:
+            raise ValueError(f'--cfg-options: "{option}" is not KEY=VALUE')
+        key, value = option.split('=', maxsplit=1)
+        parsed[key] = DictAction._parse_iterable(value)
+    return parsed

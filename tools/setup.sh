@@ -65,12 +65,22 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ddetr itself: editable install once, then an in-place rebuild of the extension, which
-# setuptools skips when the C++/CUDA sources are unchanged.
-if ! "$PY" -c "import ddetr" 2>/dev/null; then
-  log "installing ddetr (editable) and compiling its op"
-  (cd "$ROOT" && "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .)
-else
-  (cd "$ROOT" && "$PY" setup.py -q build_ext --inplace 2>&1 | grep -v -E '^(running|copying|$)' >&2 || true)
+# ddetr itself: an editable install once; then the extension is (re)built in place, which
+# ninja skips when the C++/CUDA sources are unchanged. A failed build stops the setup.
+if ! (cd / && "$PY" -c "import ddetr" 2>/dev/null); then
+  log "installing ddetr (editable)"
+  (cd "$ROOT" && "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation \
+    --no-deps -e . 2> >(grep -v 'is ignored: it is neither' >&2))
 fi
-"$PY" -c "import ddetr.ops as o; print('[ddetr setup] ready:', o.backend_info())" >&2
+if [ "${DDETR_WITH_OPS:-1}" != 0 ]; then
+  build_log=$(mktemp)
+  if ! (cd "$ROOT" && "$PY" setup.py -q build_ext --inplace) > "$build_log" 2>&1; then
+    cat "$build_log" >&2
+    log "compiling ddetr's op failed (see above); DDETR_WITH_OPS=0 skips it"
+    rm -f "$build_log"
+    exit 1
+  fi
+  grep -E '^\[ddetr build\]' "$build_log" >&2 || true
+  rm -f "$build_log"
+fi
+(cd / && "$PY" -c "import ddetr.ops as o; print('[ddetr setup] ready:', o.backend_info())") >&2

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 # Bump when the drawing changes, so that existing folders are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = 'synthetic_manifest.json'
 SPLITS = ('train', 'val')
 
@@ -207,11 +207,12 @@ def render_image(rng: np.random.Generator, min_side: int = 160, max_side: int = 
     for size in sizes:
         label = int(rng.integers(len(SYNTHETIC_CLASSES)))
         for _ in range(25):  # placement attempts
-            contours, bw, bh = _place_shape(SYNTHETIC_CLASSES[label], size, rng)
-            bw, bh = int(np.ceil(bw)), int(np.ceil(bh))
+            contours, fw, fh = _place_shape(SYNTHETIC_CLASSES[label], size, rng)
+            bw, bh = int(np.ceil(fw)), int(np.ceil(fh))
             if bw > w - 2 or bh > h - 2:
                 size *= 0.9
                 continue
+            contours = [c * [bw / fw, bh / fh] for c in contours]  # whole-pixel box, tight
             x0, y0 = int(rng.integers(1, w - bw)), int(rng.integers(1, h - bh))
             alpha = _render_mask(contours, bw, bh)
             own = alpha > 0.5

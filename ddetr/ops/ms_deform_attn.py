@@ -156,9 +156,16 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
     the projections W_m, W'_m). See the module docstring for shapes.
 
     ``im2col_step`` is a tuning knob of the CUDA kernel kept for signature compatibility;
-    any batch size works with any value.
+    any batch size works with any value. Under autocast the op computes in float32 and
+    returns float32.
     """
     compiling = torch.compiler.is_compiling()
+    if isinstance(value, Tensor) and torch.is_autocast_enabled(value.device.type):
+        # Under autocast the op runs in float32, like grid_sample: the projections feeding
+        # it come out in half precision while the reference points stay in float32.
+        value, sampling_locations, attention_weights = (
+            t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
+            for t in (value, sampling_locations, attention_weights))
     check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                im2col_step, check_values=not compiling)
     if _has_kernel(value.device) and not torch.onnx.is_in_onnx_export():

@@ -139,3 +139,20 @@ def test_dataset_generates_on_first_use_and_evaluates_as_coco(tmp_path):
 def test_dataset_needs_data_root_to_generate():
     with pytest.raises(ValueError, match='data_root'):
         SyntheticShapesDataset(synthetic=dict(num_train=1, num_val=1), ann_file='x.json')
+
+
+def test_boxes_are_the_full_shape_extent(monkeypatch):
+    """Every drawn shape touches all four sides of its box (as drawn, before occlusion)."""
+    from ddetr.datasets import synthetic
+    drawn = []
+    paint = synthetic._paint
+    monkeypatch.setattr(synthetic, '_paint', lambda img, alpha, x0, y0, rng: (
+        drawn.append(alpha), paint(img, alpha, x0, y0, rng)))
+    for i in range(15):
+        _, objects = render_image(_image_rng(1, 'train', i))
+        for obj, alpha in zip(objects, drawn[-len(objects):]):
+            assert alpha.shape == (obj['bbox'][3], obj['bbox'][2])
+            inside = alpha > 0.25
+            assert inside[0].any() and inside[-1].any()
+            assert inside[:, 0].any() and inside[:, -1].any()
+    assert len(drawn) > 30

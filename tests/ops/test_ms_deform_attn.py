@@ -382,3 +382,16 @@ def test_thread_count_and_work_split_do_not_change_results(bs, num_heads):
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_autocast_runs_in_float32():
+    """Under CPU autocast the projections give bfloat16 while reference points stay float32;
+    the op takes both and computes in float32."""
+    value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ms_deform_attn(value.bfloat16().float(), shapes, starts, loc,
+                                                   attn.bfloat16().float()))
+    with pytest.raises(TypeError, match='dtype'):  # outside autocast mixed dtypes are an error
+        ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn)

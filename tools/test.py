@@ -1,0 +1,117 @@
+"""Evaluate a ddetr checkpoint: the 12 COCO bbox metrics (pycocotools) on the config's
+test set.
+
+    python tools/test.py configs/ddetr_r50.py work_dirs/ddetr_r50/epoch_50.pth
+    python tools/test.py CONFIG CKPT --out results.pkl       # raw predictions
+    python tools/test.py CONFIG CKPT --show-dir pictures     # predictions drawn on images
+    python tools/test.py CONFIG CKPT --tta                   # flip + multi-scale testing
+
+The metrics are also written to <work_dir>/metrics.json (and --out-metrics FILE), the
+file tools/sweep.py collects.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Evaluate a ddetr checkpoint (COCO bbox metrics).', epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file the checkpoint was trained with')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where logs and metrics.json go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--out', help='dump the raw predictions to this .pkl file')
+    parser.add_argument('--out-metrics', help='also write the metrics to this JSON file')
+    parser.add_argument('--show-dir', help='draw predictions (and ground truth) on the test '
+                        'images into this folder (relative to the work dir\'s run folder)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='score threshold of the boxes drawn with --show-dir')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (the config\'s tta_model and '
+                        'tta_pipeline: flip + multi-scale)')
+    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
+                        help='override config keys, e.g. test_dataloader.batch_size=2')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher for distributed testing')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args):
+    import torch
+    from mmengine.config import Config, ConfigDict
+
+    from ddetr.utils import parse_cfg_options
+    for name, path in (('config', args.config), ('checkpoint', args.checkpoint)):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{name} {path} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+
+    if args.show_dir:
+        hooks = cfg.setdefault('default_hooks', ConfigDict())
+        vis = hooks.get('visualization', ConfigDict(type='DetVisualizationHook'))
+        vis.update(draw=True, test_out_dir=args.show_dir, score_thr=args.score_thr)
+        hooks['visualization'] = vis
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out {args.out}: the file must end in .pkl')
+        evaluators = cfg.test_evaluator
+        evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+        cfg.test_evaluator = evaluators + [dict(type='DumpDetResults', out_file_path=args.out)]
+    if args.tta:
+        for key in ('tta_model', 'tta_pipeline'):
+            if key not in cfg:
+                raise KeyError(f'{args.config}: --tta needs `{key}` in the config '
+                               f'(see configs/table3/*_tta.py)')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.dist import is_main_process
+    from mmengine.runner import Runner
+
+    from ddetr.utils import register_all_modules
+    register_all_modules(init_scope=False)
+    cfg = build_config(args)
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    if is_main_process():
+        metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
+        targets = [osp.join(cfg.work_dir, 'metrics.json')] + (
+            [args.out_metrics] if args.out_metrics else [])
+        record = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
+                      metrics=metrics)
+        for path in targets:
+            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+            with open(path, 'w') as f:
+                json.dump(record, f, indent=2)
+        print(f'metrics written to {", ".join(targets)}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,113 @@
+"""Train a ddetr detector with mmengine's Runner.
+
+    python tools/train.py configs/ddetr_r50.py
+    python tools/train.py CONFIG --work-dir work_dirs/run1 --resume          # latest checkpoint
+    python tools/train.py CONFIG --resume work_dirs/run1/iter_500.pth       # a given one
+    python tools/train.py CONFIG --amp --cfg-options train_dataloader.batch_size=4
+    bash tools/dist_train.sh CONFIG 2                                        # DDP, 2 processes
+
+Logs, checkpoints, the dumped config and TensorBoard scalars go to the work dir
+(default: work_dirs/<config name>).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train a ddetr detector.', epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file, e.g. configs/ddetr_r50.py')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                        help='resume training (model, optimizer, scheduler, iteration) from '
+                        'CHECKPOINT, or without a value from the latest checkpoint in the '
+                        'work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (float16 with loss scaling on GPU, bfloat16 on '
+                        'CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by total batch size / '
+                        'auto_scale_lr.base_batch_size')
+    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
+                        help='override config keys, e.g. train_cfg.max_epochs=12 '
+                        'model.num_queries=100')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher for distributed training')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args):
+    """The config with the command line applied."""
+    import torch
+    from mmengine.config import Config
+
+    from ddetr.utils import parse_cfg_options
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config {args.config} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+            pass
+        elif torch.cuda.is_available():
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        else:
+            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise KeyError(f'{args.config}: --auto-scale-lr needs '
+                           f'auto_scale_lr=dict(base_batch_size=...) in the config')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        if not osp.isfile(args.resume):
+            raise FileNotFoundError(f'--resume: checkpoint {args.resume} does not exist')
+        cfg.resume, cfg.load_from = True, args.resume
+
+    # Without GPUs, processes talk over gloo, and DDP takes no device ids.
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+    hooks = cfg.get('custom_hooks', None) or []
+    if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
+        cfg.custom_hooks = list(hooks) + [dict(type='FiniteLossHook')]
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.runner import Runner
+
+    from ddetr.utils import register_all_modules
+    register_all_modules(init_scope=False)
+    cfg = build_config(args)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
