@@ -24,7 +24,7 @@ OPTIM_WRAPPERS = _child('optim_wrapper', mmdet_registry.OPTIM_WRAPPERS, ['ddetr.
 OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
                                     mmdet_registry.OPTIM_WRAPPER_CONSTRUCTORS)
 PARAM_SCHEDULERS = _child('parameter scheduler', mmdet_registry.PARAM_SCHEDULERS)
-METRICS = _child('metric', mmdet_registry.METRICS)
+METRICS = _child('metric', mmdet_registry.METRICS, ['ddetr.evaluation'])
 EVALUATOR = _child('evaluator', mmdet_registry.EVALUATOR)
 TASK_UTILS = _child('task util', mmdet_registry.TASK_UTILS, ['ddetr.models.task_modules'])
 VISUALIZERS = _child('visualizer', mmdet_registry.VISUALIZERS)

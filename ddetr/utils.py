@@ -13,6 +13,7 @@ def register_all_modules(init_scope: bool = True) -> None:
 
     import ddetr.datasets  # noqa: F401
     import ddetr.engine  # noqa: F401
+    import ddetr.evaluation  # noqa: F401
     import ddetr.models  # noqa: F401
     if init_scope:
         init_default_scope('ddetr')
@@ -29,3 +30,18 @@ def parse_cfg_options(options):
         key, value = option.split('=', maxsplit=1)
         parsed[key] = DictAction._parse_iterable(value)
     return parsed
+
+
+def setup_cpu_distributed(cfg):
+    """Distributed runs without GPUs: processes talk over gloo and DDP gets no device ids.
+    mmengine's own init_dist always selects a CUDA device, so the process group is set up
+    here (from torchrun's environment) before the Runner, which then reuses it."""
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch':
+        raise NotImplementedError(f'--launcher {cfg.launcher} without GPUs: use pytorch '
+                                  f'(tools/dist_train.sh, tools/dist_test.sh)')
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(
+        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))

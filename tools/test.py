@@ -52,7 +52,7 @@ def build_config(args):
     import torch
     from mmengine.config import Config, ConfigDict
 
-    from ddetr.utils import parse_cfg_options
+    from ddetr.utils import parse_cfg_options, setup_cpu_distributed
     for name, path in (('config', args.config), ('checkpoint', args.checkpoint)):
         if not osp.isfile(path):
             raise FileNotFoundError(f'{name} {path} does not exist')
@@ -84,8 +84,7 @@ def build_config(args):
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     if args.launcher != 'none' and not torch.cuda.is_available():
-        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+        setup_cpu_distributed(cfg)
     return cfg
 
 
@@ -94,11 +93,15 @@ def main(argv=None):
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
 
+    from ddetr.datasets.transforms.loading import ImageLoadError
     from ddetr.utils import register_all_modules
     register_all_modules(init_scope=False)
     cfg = build_config(args)
     runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except ImageLoadError as e:  # a bad test image: its name, not a traceback
+        sys.exit(f'tools/test.py: stopped: {e}')
     if is_main_process():
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
         targets = [osp.join(cfg.work_dir, 'metrics.json')] + (

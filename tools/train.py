@@ -53,7 +53,7 @@ def build_config(args):
     import torch
     from mmengine.config import Config
 
-    from ddetr.utils import parse_cfg_options
+    from ddetr.utils import parse_cfg_options, setup_cpu_distributed
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'config {args.config} does not exist')
     cfg = Config.fromfile(args.config)
@@ -85,12 +85,8 @@ def build_config(args):
             raise FileNotFoundError(f'--resume: checkpoint {args.resume} does not exist')
         cfg.resume, cfg.load_from = True, args.resume
 
-    # Without GPUs, processes talk over gloo, and DDP takes no device ids.
     if args.launcher != 'none' and not torch.cuda.is_available():
-        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-        cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        setup_cpu_distributed(cfg)
 
     hooks = cfg.get('custom_hooks', None) or []
     if not any(h.get('type') == 'FiniteLossHook' for h in hooks):

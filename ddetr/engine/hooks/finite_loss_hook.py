@@ -1,6 +1,7 @@
 """Stop training at the first non-finite loss, saying where and which terms."""
 import math
 
+import torch
 from mmengine.hooks import Hook
 
 from ddetr.registry import HOOKS
@@ -19,7 +20,8 @@ class FiniteLossHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if not outputs or 'loss' not in outputs:
             return
-        values = {k: float(v) for k, v in outputs.items() if k.startswith('loss')}
+        values = {k: float(v.detach() if isinstance(v, torch.Tensor) else v)
+                  for k, v in outputs.items() if k.startswith('loss')}
         if all(math.isfinite(v) for v in values.values()):
             return
         terms = ', '.join(f'{k}={v:.4g}' for k, v in values.items())
