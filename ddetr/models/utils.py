@@ -12,6 +12,25 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def offset_boxes(deltas: Tensor, references: Tensor) -> Tensor:
+    """Boxes predicted relative to a reference, in sigmoid space (A.3, A.4):
+
+    - reference boxes (..., 4): b = sigma(delta + sigma^-1(r)) for all of (cx, cy, w, h);
+    - reference points (..., 2): the point is the initial guess of the centre,
+      b = (sigma(delta_xy + sigma^-1(p)), sigma(delta_wh)).
+
+    deltas: (..., 4) unnormalized predictions. Returns (..., 4) normalized (cx, cy, w, h).
+    Callers detach ``references`` where the gradient must stop (A.4).
+    """
+    if references.shape[-1] == 4:
+        return (deltas + inverse_sigmoid(references)).sigmoid()
+    if references.shape[-1] != 2:
+        raise ValueError(f'references must end in 2 (points) or 4 (boxes), got '
+                         f'{tuple(references.shape)}')
+    centers = deltas[..., :2] + inverse_sigmoid(references)
+    return torch.cat([centers, deltas[..., 2:]], -1).sigmoid()
+
+
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """(..., 4) boxes (center x, center y, width, height) -> (x1, y1, x2, y2)."""
     cx, cy, w, h = boxes.unbind(-1)

@@ -16,14 +16,17 @@ TWELVE = ['mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l', 'AR@1', 'AR@10',
           'AR_s@100', 'AR_m@100', 'AR_l@100']
 
 
-def write_config(tmp_path, max_iters=4, checkpoint_interval=2, extra=''):
-    """The quick-start config on 8 + 4 small images with a smaller model."""
+def write_config(tmp_path, max_iters=4, checkpoint_interval=2, extra='', generate=True):
+    """The quick-start config on 8 + 4 small images with a smaller model. With
+    ``generate=False`` the datasets read the folder as it is (no regeneration)."""
     data_root = str(tmp_path / 'data') + '/'
+    synthetic = ('dict(num_train=8, num_val=4, seed=1, min_side=96, max_side=128, max_objects=3)'
+                 if generate else 'None')
     path = tmp_path / 'tiny.py'
     path.write_text(f"""
 _base_ = {QUICKSTART!r}
 data_root = {data_root!r}
-synthetic = dict(num_train=8, num_val=4, seed=1, min_side=96, max_side=128, max_objects=3)
+synthetic = {synthetic}
 model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=2))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root, synthetic=synthetic))
@@ -149,18 +152,13 @@ def test_missing_image_is_skipped_in_training_and_stops_testing(trained, tmp_pat
     import shutil
     data = tmp_path / 'data'
     shutil.copytree(trained['tmp_path'] / 'data', data)
-    # synthetic=None: read the folder as it is (no regeneration of the missing file)
-    config = write_config(tmp_path, max_iters=2, extra='''
-train_dataloader = dict(dataset=dict(synthetic=None))
-val_dataloader = dict(dataset=dict(synthetic=None))
-test_dataloader = val_dataloader
-''')
+    config = write_config(tmp_path, max_iters=2, generate=False)  # keep the damage
     victim_train = sorted(os.listdir(data / 'train'))[0]
     victim_val = sorted(os.listdir(data / 'val'))[0]
     (data / 'train' / victim_train).unlink()
     (data / 'val' / victim_val).write_bytes(b'not an image')
     proc = run(['tools/train.py', config, '--work-dir', str(tmp_path / 'work'),
-                '--cfg-options', 'train_cfg.val_interval=1000'])
+                '--cfg-options', 'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None'])
     log = proc.stdout + proc.stderr
     assert victim_train in log and trained_iters(log)[-1] == 2
     proc = run(['tools/test.py', config, osp.join(trained['work_dir'], 'iter_4.pth'),

@@ -291,18 +291,22 @@ class DeformableDETR(BaseDetector):
             return dict(query=query, query_pos=query_pos,
                         reference_points=reference_points), {}
 
-        output_memory, output_proposals = self.encoder_proposals(memory, memory_mask,
-                                                                 spatial_shapes)
-        encoder_layer = self.decoder.num_layers  # the head's extra (last) branches
-        enc_outputs_class = self.bbox_head.cls_branches[encoder_layer](output_memory)
-        enc_outputs_unact = (self.bbox_head.reg_branches[encoder_layer](output_memory) +
-                             output_proposals)  # (bs, num_keys, 4)
         num_keys = memory.shape[1]
         if num_keys < self.num_queries:
             raise ValueError(f'DeformableDETR (two-stage): the encoder has {num_keys} pixels, '
                              f'fewer than num_queries={self.num_queries} proposals to pick; '
                              f'use larger images or fewer queries')
-        # top-k by the class-agnostic "object" score (channel 0), no NMS (Sec. 4.2)
+        output_memory, output_proposals = self.encoder_proposals(memory, memory_mask,
+                                                                 spatial_shapes)
+        encoder_layer = self.decoder.num_layers  # the head's extra (last) branches
+        enc_outputs_class = self.bbox_head.cls_branches[encoder_layer](output_memory)
+        # A.4: b_i = sigma(delta_i + sigma^-1(proposal_i)), kept unnormalized here
+        enc_outputs_unact = (self.bbox_head.reg_branches[encoder_layer](output_memory) +
+                             output_proposals)  # (bs, num_keys, 4)
+        # top-k by the class-agnostic "object" score (channel 0), no NMS (Sec. 4.2). As in
+        # the original release, padded and invalid pixels are not excluded: their zeroed
+        # memory gives them all one score, and a picked one starts from the whole image
+        # (sigmoid(+inf) = 1).
         topk_inds = enc_outputs_class[..., 0].topk(self.num_queries, dim=1)[1]  # (bs, nq)
         topk_unact = enc_outputs_unact.gather(1, topk_inds[..., None].expand(-1, -1, 4))
         reference_points = topk_unact.detach().sigmoid()  # (bs, nq, 4) initial boxes
@@ -329,6 +333,7 @@ class DeformableDETR(BaseDetector):
         mlvl_proposals = []
         start = 0
         for level, (height, width) in enumerate(spatial_shapes.tolist()):
+            # (bs, H*W) -> (bs, H, W)
             mask = memory_mask[:, start:start + height * width].view(bs, height, width)
             valid_h = (~mask[:, :, 0]).sum(1)  # (bs,)
             valid_w = (~mask[:, 0, :]).sum(1)
@@ -339,6 +344,7 @@ class DeformableDETR(BaseDetector):
             grid = torch.stack([grid_x, grid_y], -1)  # (H, W, 2) as (x, y)
             centers = (grid[None] + 0.5) / scale  # (bs, H, W, 2)
             sizes = torch.full_like(centers, 0.05 * 2.0 ** level)
+            # (bs, H, W, 4) -> (bs, H*W, 4) as (cx, cy, w, h)
             mlvl_proposals.append(torch.cat([centers, sizes], -1).view(bs, -1, 4))
             start += height * width
         proposals = torch.cat(mlvl_proposals, 1)  # (bs, num_keys, 4)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ddetr.registry import MODELS, TASK_UTILS
 from ..layers import MLP
 from ..utils import (average_across_processes, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
-                     inverse_sigmoid)
+                     offset_boxes)
 
 
 @MODELS.register_module()
@@ -121,14 +121,9 @@ class DeformableDETRHead(BaseModule):
                              f'{len(references)} references')
         mlvl_cls, mlvl_boxes = [], []
         for layer_id, (hidden_state, reference) in enumerate(zip(hidden_states, references)):
-            reference = inverse_sigmoid(reference)
-            delta = self.reg_branches[layer_id](hidden_state)
-            if reference.shape[-1] == 4:
-                unact = delta + reference
-            else:  # A.3: the point is the initial guess of the centre
-                unact = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            delta = self.reg_branches[layer_id](hidden_state)  # (bs, nq, 4)
+            mlvl_boxes.append(offset_boxes(delta, reference))  # A.3 / A.4
             mlvl_cls.append(self.cls_branches[layer_id](hidden_state))
-            mlvl_boxes.append(unact.sigmoid())
         return torch.stack(mlvl_cls), torch.stack(mlvl_boxes)
 
     # --------------------------------------------------------------------- loss
@@ -182,6 +177,8 @@ class DeformableDETRHead(BaseModule):
                     gt_boxes: List[Tensor], num_boxes: float) -> Tuple[Tensor, Tensor, Tensor]:
         """Losses of one set of predictions: cls_scores (bs, nq, num_classes), bbox_preds
         (bs, nq, 4) normalized (cx, cy, w, h); per image gt labels and normalized boxes."""
+        # losses and matching in float32, also under mixed precision
+        cls_scores, bbox_preds = cls_scores.float(), bbox_preds.float()
         bs, num_queries = cls_scores.shape[:2]
         matches = self.assigner.assign_batch(cls_scores, bbox_preds, gt_labels, gt_boxes)
         # "no object" (= num_classes) for unmatched queries
@@ -192,7 +189,7 @@ class DeformableDETRHead(BaseModule):
             matched_preds.append(bbox_preds[img_id, query_inds])
             matched_targets.append(gt_boxes[img_id][gt_inds])
         matched_preds = torch.cat(matched_preds)  # (num_matched, 4)
-        matched_targets = torch.cat(matched_targets).to(matched_preds.dtype)
+        matched_targets = torch.cat(matched_targets).to(matched_preds.dtype)  # (num_matched, 4)
 
         loss_cls = self.loss_cls(cls_scores.flatten(0, 1), labels.flatten(), num_boxes)
         loss_bbox = self.loss_bbox(matched_preds, matched_targets, num_boxes)
@@ -234,7 +231,8 @@ class DeformableDETRHead(BaseModule):
         image, then, with ``rescale``, divided by ``scale_factor`` (original image).
 
         Returns InstanceData with ``bboxes`` (n, 4), ``scores`` (n,), ``labels`` (n,)."""
-        cls_scores, bbox_preds = all_cls_scores[-1], all_bbox_preds[-1]
+        # float32 boxes also under mixed precision (bfloat16 would be off by pixels)
+        cls_scores, bbox_preds = all_cls_scores[-1].float(), all_bbox_preds[-1].float()
         num_queries, num_classes = cls_scores.shape[1:]
         max_per_img = min(self.test_cfg['max_per_img'], num_queries * num_classes)
         results = []

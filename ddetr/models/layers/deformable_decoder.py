@@ -10,7 +10,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ddetr.registry import MODELS
-from ..utils import inverse_sigmoid
+from ..utils import offset_boxes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
 
 
@@ -127,14 +127,10 @@ class DeformableDetrTransformerDecoder(BaseModule):
             query = layer(query, query_pos, reference_input, memory, spatial_shapes,
                           level_start_index, memory_mask)
             if reg_branches is not None:
+                # A.4: b^d = sigma(delta^d + sigma^-1(b^(d-1))), the next layer's reference;
+                # detached: the gradient is blocked at sigma^-1(b^(d-1)) of the next layer
                 delta = reg_branches[layer_id](query)  # (bs, nq, 4)
-                if reference_points.shape[-1] == 4:
-                    new_reference = delta + inverse_sigmoid(reference_points)
-                else:
-                    new_reference = torch.cat(
-                        [delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1)
-                # A.4: the gradient is blocked at sigma^-1(b^(d-1)) of the next layer
-                reference_points = new_reference.sigmoid().detach()
+                reference_points = offset_boxes(delta, reference_points).detach()
             mlvl_hidden_states.append(query)
             mlvl_references.append(reference_points)
         return torch.stack(mlvl_hidden_states), torch.stack(mlvl_references)

@@ -12,9 +12,12 @@ from ddetr.registry import MODELS
 
 @MODELS.register_module()
 class MultiScaleDeformableAttention(BaseModule):
-    r"""MSDeformAttn(z_q, p_q, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk W'_m x^l(phi_l(p_q) + dp_mlqk)]
-    (Eq. 3). One linear layer of the query gives the offsets dp (M*L*K*2 outputs), another
-    the attention logits (M*L*K outputs); the sampling itself is ``ddetr.ops.ms_deform_attn``.
+    r"""Eq. 3: MSDeformAttn(z_q, p_q, {x^l}) =
+    sum_m W_m [sum_l sum_k A_mlqk W'_m x^l(phi_l(p_q) + dp_mlqk)].
+
+    One linear layer of the query gives the offsets dp (M*L*K*2 outputs), another the
+    attention logits A (M*L*K outputs, softmax); W'_m is ``value_proj``, W_m
+    ``output_proj``; the sampling itself is ``ddetr.ops.ms_deform_attn``.
 
     Reference points are normalized, (0, 0) top-left and (1, 1) bottom-right of each level's
     padded map (callers fold the valid ratios of padded images in):
@@ -22,7 +25,7 @@ class MultiScaleDeformableAttention(BaseModule):
     - 2-d ``(bs, num_queries, num_levels, 2)`` points (x, y): offsets are in pixels of each
       level, ``loc = p + dp / (W_l, H_l)``.
     - 4-d ``(bs, num_queries, num_levels, 4)`` boxes (cx, cy, w, h), used under iterative
-      box refinement: offsets are modulated by the box size (A.4),
+      box refinement and two-stage: offsets are modulated by the box size (A.4),
       ``loc = (cx, cy) + dp / num_points * (w, h) * 0.5``. Dividing by 2K is how the
       original release realises A.4's "biases multiplied by 1/(2K)": the A.4 initial
       offsets (+-k, k <= K) then land inside the box.
@@ -59,14 +62,14 @@ class MultiScaleDeformableAttention(BaseModule):
                  num_points: int = 4, multi_scale: bool = True, im2col_step: int = 64,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if embed_dims % num_heads != 0:
-            raise ValueError(f'MultiScaleDeformableAttention: embed_dims ({embed_dims}) must be '
-                             f'divisible by num_heads ({num_heads})')
         for name, value in dict(num_heads=num_heads, num_levels=num_levels,
                                 num_points=num_points).items():
             if value < 1:
                 raise ValueError(f'MultiScaleDeformableAttention: {name} must be >= 1, '
                                  f'got {value}')
+        if embed_dims % num_heads != 0:
+            raise ValueError(f'MultiScaleDeformableAttention: embed_dims ({embed_dims}) must be '
+                             f'divisible by num_heads ({num_heads})')
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.num_levels = num_levels

@@ -37,9 +37,11 @@ class HungarianAssigner:
 
     @staticmethod
     def _solve(cost: Tensor, device: torch.device) -> Tuple[Tensor, Tensor]:
-        if not torch.isfinite(cost).all():
-            raise ValueError('HungarianAssigner: the cost matrix has NaN or inf entries '
-                             '(are the predicted boxes finite and (cx, cy, w, h) >= 0?)')
+        # Non-finite costs come from non-finite predictions (diverged weights). They become
+        # the worst finite cost so the matching stays defined; the losses of those
+        # predictions are non-finite themselves, and training stops there with the
+        # iteration and the loss terms (scipy would only say "invalid numeric entries").
+        cost = torch.nan_to_num(cost.double(), nan=1e10, posinf=1e10, neginf=-1e10)
         query_inds, gt_inds = linear_sum_assignment(cost.cpu().numpy())
         return (torch.as_tensor(query_inds, dtype=torch.int64, device=device),
                 torch.as_tensor(gt_inds, dtype=torch.int64, device=device))

@@ -1,0 +1,165 @@
+"""Every config builds its model (full size, no pretrained weights); the Table 1 models
+have exactly the original release's parameter counts; the variants change only what
+differs; the schedule and augmentation are the paper's."""
+import glob
+import os.path as osp
+import runpy
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+
+from ddetr.models import MultiScaleDeformableAttention
+from ddetr.registry import MODELS
+from ddetr.utils import register_all_modules
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+                 if '_base_' not in p.split(osp.sep))
+TABLE1 = {
+    'ddetr_r50.py': 40_069_665,
+    'ddetr_r50_refine.py': 40_849_660,
+    'ddetr_r50_refine_twostage.py': 41_181_529,
+}
+
+
+def config_path(name):
+    return osp.join(ROOT, 'configs', name)
+
+
+def build(path, num_classes=None):
+    register_all_modules()
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.init_cfg = None  # never download
+    if num_classes is not None:
+        cfg.model.bbox_head.num_classes = num_classes
+    return cfg, MODELS.build(cfg.model)
+
+
+def count_parameters(model):
+    """As the original release counts: each shared tensor once, without the backbone's
+    BatchNorm affine weights (FrozenBatchNorm2d buffers there)."""
+    norms = [m for m in model.backbone.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    frozen = {id(p) for m in norms for p in m.parameters(recurse=False)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in frozen)
+
+
+def own_settings(path):
+    """The dicts a config file itself defines (without its _base_)."""
+    return {k: v for k, v in runpy.run_path(path).items() if not k.startswith('__')}
+
+
+def test_configs_exist():
+    names = {osp.relpath(p, osp.join(ROOT, 'configs')) for p in CONFIGS}
+    assert set(TABLE1) <= names
+    assert sum(n.startswith('table2' + osp.sep) for n in names) == 6
+    assert sum(n.startswith('table3' + osp.sep) for n in names) == 4
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, ROOT))
+def test_config_builds(path):
+    cfg, model = build(path)
+    assert cfg.default_scope == 'ddetr'
+    assert type(model).__name__ == 'DeformableDETR'
+    if 'tta_model' in cfg:
+        tta = MODELS.build(dict(cfg.tta_model, module=model))
+        assert type(tta).__name__ == 'DetTTAModel'
+
+
+@pytest.mark.parametrize('name', list(TABLE1))
+def test_table1_parameter_counts(name):
+    _, model = build(config_path(name), num_classes=91)
+    assert count_parameters(model) == TABLE1[name]
+
+
+def test_variants_change_only_what_differs():
+    assert own_settings(config_path('ddetr_r50_refine.py'))['model'] == dict(with_box_refine=True)
+    assert own_settings(config_path('ddetr_r50_refine_twostage.py'))['model'] == dict(
+        as_two_stage=True)
+    switches = {'table2/ddetr_r50_single_scale_k1.py': dict(
+                    num_feature_levels=1, num_points=1, multi_scale_attention=False),
+                'table2/ddetr_r50_ms_inputs_k1.py': dict(num_points=1,
+                                                         multi_scale_attention=False),
+                'table2/ddetr_r50_ms_inputs_k4.py': dict(multi_scale_attention=False),
+                'table2/ddetr_r50_fpn.py': dict(neck=dict(type='FPN',
+                                                          add_extra_convs='on_input')),
+                'table2/ddetr_r50_bifpn.py': dict(neck=dict(type='BiFPN', num_repeats=3))}
+    for name, model in switches.items():
+        assert own_settings(config_path(name))['model'] == model, name
+    assert 'model' not in own_settings(config_path('table2/ddetr_r50_ms_attention_k4.py'))
+
+
+def test_table2_switches_reach_the_model():
+    expected = {  # (levels, points, multi-scale attention, neck)
+        'ddetr_r50_single_scale_k1.py': (1, 1, False, 'MultiScaleChannelMapper'),
+        'ddetr_r50_ms_inputs_k1.py': (4, 1, False, 'MultiScaleChannelMapper'),
+        'ddetr_r50_ms_inputs_k4.py': (4, 4, False, 'MultiScaleChannelMapper'),
+        'ddetr_r50_ms_attention_k4.py': (4, 4, True, 'MultiScaleChannelMapper'),
+        'ddetr_r50_fpn.py': (4, 4, True, 'FPN'),
+        'ddetr_r50_bifpn.py': (4, 4, True, 'BiFPN'),
+    }
+    for name, (levels, points, multi_scale, neck) in expected.items():
+        _, model = build(config_path(osp.join('table2', name)))
+        attentions = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+        assert len(attentions) == 12
+        assert {(m.num_levels, m.num_points, m.multi_scale) for m in attentions} == {
+            (levels, points, multi_scale)}, name
+        assert type(model.neck).__name__ == neck
+        with torch.no_grad():
+            feats = model.extract_feat(torch.randn(1, 3, 64, 96))
+        assert len(feats) == levels and all(f.shape[1] == 256 for f in feats)
+        if levels == 1:
+            assert feats[0].shape[-2:] == (2, 3)  # C5
+
+
+def test_table3_backbones():
+    _, r101 = build(config_path('table3/ddetr_r101_refine_twostage.py'))
+    assert r101.backbone.depth == 101 and r101.with_box_refine and r101.as_two_stage
+    cfg, x101 = build(config_path('table3/ddetr_x101_32x4d_refine_twostage.py'))
+    assert type(x101.backbone).__name__ == 'ResNeXt'
+    assert (x101.backbone.groups, x101.backbone.base_width) == (32, 4)
+    cfg, dcn = build(config_path('table3/ddetr_x101_32x4d_dcn_refine_twostage.py'))
+    assert cfg.model.backbone.dcn.type == 'DCNv2'
+    for stage, has_dcn in zip(range(1, 5), (False, True, True, True)):
+        convs = [type(m.conv2).__name__ for m in getattr(dcn.backbone, f'layer{stage}')]
+        assert all((name == 'ModulatedDeformConv2dPack') == has_dcn for name in convs), stage
+    with torch.no_grad():  # mmcv's DCNv2 runs on CPU too
+        feats = dcn.eval().backbone(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [512, 1024, 2048]
+    tta = Config.fromfile(config_path('table3/ddetr_x101_32x4d_dcn_refine_twostage_tta.py'))
+    aug = tta.tta_pipeline[1]['transforms']
+    assert len(aug[0]) == 3 and [t['prob'] for t in aug[1]] == [1.0, 0.0]
+
+
+def test_schedule_and_augmentation_follow_the_paper():
+    cfg, model = build(config_path('ddetr_r50_refine.py'))
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 2e-4, 1e-4)
+    assert cfg.optim_wrapper.clip_grad == dict(max_norm=0.1, norm_type=2)
+    assert cfg.train_cfg.max_epochs == 50
+    assert cfg.param_scheduler[0].milestones == [40] and cfg.param_scheduler[0].gamma == 0.1
+    assert cfg.auto_scale_lr.base_batch_size == 32
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lrs = {}
+    for group in wrapper.optimizer.param_groups:
+        for p in group['params']:
+            lrs[id(p)] = group['lr']
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        slow = name.startswith('backbone') or 'sampling_offsets' in name or \
+            'reference_points' in name
+        assert lrs[id(p)] == pytest.approx(2e-5 if slow else 2e-4), name
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t.type for t in pipeline] == ['LoadImageFromFile', 'LoadAnnotations', 'RandomFlip',
+                                          'RandomChoice', 'PackDetInputs']
+    resize, crop_branch = pipeline[3].transforms
+    assert resize[0].scales == [(s, 1333) for s in range(480, 801, 32)]
+    assert [t.type for t in crop_branch] == ['RandomChoiceResize', 'RandomCrop',
+                                             'RandomChoiceResize']
+    assert [s[0] for s in crop_branch[0].scales] == [400, 500, 600]
+    assert crop_branch[1].crop_size == (384, 600) and crop_branch[2] == resize[0]
+    assert cfg.model.data_preprocessor.pad_size_divisor == 1
+    assert cfg.model.backbone.frozen_stages == 1 and cfg.model.backbone.norm_eval
