@@ -153,7 +153,7 @@ def test_schedule_and_augmentation_follow_the_paper():
             'reference_points' in name
         assert lrs[id(p)] == pytest.approx(2e-5 if slow else 2e-4), name
     pipeline = cfg.train_dataloader.dataset.pipeline
-    assert [t.type for t in pipeline] == ['LoadImageFromFile', 'LoadAnnotations', 'RandomFlip',
+    assert [t.type for t in pipeline] == ['LoadImageFromFileSafe', 'LoadAnnotations', 'RandomFlip',
                                           'RandomChoice', 'PackDetInputs']
     resize, crop_branch = pipeline[3].transforms
     assert resize[0].scales == [(s, 1333) for s in range(480, 801, 32)]

@@ -9,7 +9,7 @@ tta_model = dict(  # mmdet's DetTTAModel
 
 tta_scales = [(1333, 640), (1333, 800), (1600, 960)]
 tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='LoadImageFromFileSafe', backend_args=None),
     dict(  # mmcv's TestTimeAug: every combination of the lists below
         type='TestTimeAug',
         transforms=[

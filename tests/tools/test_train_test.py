@@ -166,3 +166,21 @@ def test_missing_image_is_skipped_in_training_and_stops_testing(trained, tmp_pat
     assert proc.returncode != 0
     assert victim_val in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_quickstart_flow_trains_evaluates_and_draws(tmp_path):
+    """tools/quickstart.py (the README's main command after setup) end to end on the tiny
+    config: training, the 12 metrics from tools/test.py, the ground truth vs prediction
+    picture, and the summary table."""
+    config = write_config(tmp_path, max_iters=2)
+    work_dir = tmp_path / 'qs'
+    proc = run(['tools/quickstart.py', '--config', config, '--work-dir', str(work_dir),
+                '--num-images', '3'])
+    assert 'quick start done' in proc.stdout
+    assert '| AP | AP50 | AP75 | APs | APm | APl | AR1 | AR10 | AR100 | ARs | ARm | ARl |' \
+        in proc.stdout
+    record = json.load(open(work_dir / 'metrics.json'))
+    assert sorted(record['metrics']) == sorted(f'coco/bbox_{k}' for k in TWELVE)
+    import cv2
+    picture = cv2.imread(str(work_dir / 'val_predictions.png'))
+    assert picture is not None and picture.shape[0] > 96 and picture.shape[1] > 2 * 96

@@ -2,7 +2,10 @@
 # augmentation (DETR's, Sec. 5): horizontal flip, then either a multi-scale resize (short
 # side 480..800 in steps of 32, long side <= 1333) or a resize (short side 400/500/600) ->
 # random crop (384..600 per side) -> the same multi-scale resize.
-dataset_type = 'CocoDataset'
+# SafeCocoDataset: mmdet's CocoDataset that clips boxes to the image, reports the boxes it
+# drops, and names the file when an image cannot be read (skipped in training, an error in
+# testing); LoadImageFromFileSafe turns grayscale and RGBA images into 3 channels.
+dataset_type = 'SafeCocoDataset'
 data_root = 'data/coco/'
 backend_args = None
 
@@ -12,7 +15,7 @@ multi_scale_resize = dict(  # mmdet's RandomChoiceResize
     keep_ratio=True)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageFromFileSafe', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(  # mmcv's RandomChoice: one of the two branches per image
@@ -35,7 +38,7 @@ train_pipeline = [
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadImageFromFileSafe', backend_args=backend_args),
     dict(type='Resize', scale=(1333, 800), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(  # PackDetInputs
@@ -49,7 +52,7 @@ train_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     batch_sampler=dict(type='AspectRatioBatchSampler'),
-    dataset=dict(  # mmdet's CocoDataset
+    dataset=dict(  # SafeCocoDataset
         type=dataset_type,
         data_root=data_root,
         ann_file='annotations/instances_train2017.json',
@@ -64,7 +67,7 @@ val_dataloader = dict(
     persistent_workers=True,
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(  # CocoDataset
+    dataset=dict(  # SafeCocoDataset
         type=dataset_type,
         data_root=data_root,
         ann_file='annotations/instances_val2017.json',
