@@ -152,7 +152,8 @@ def test_missing_image_is_skipped_in_training_and_stops_testing(trained, tmp_pat
     import shutil
     data = tmp_path / 'data'
     shutil.copytree(trained['tmp_path'] / 'data', data)
-    config = write_config(tmp_path, max_iters=2, generate=False)  # keep the damage
+    # 4 iterations of 2 = one pass over the 8 images: the missing one is always drawn
+    config = write_config(tmp_path, max_iters=4, generate=False)  # keep the damage
     victim_train = sorted(os.listdir(data / 'train'))[0]
     victim_val = sorted(os.listdir(data / 'val'))[0]
     (data / 'train' / victim_train).unlink()
@@ -160,7 +161,7 @@ def test_missing_image_is_skipped_in_training_and_stops_testing(trained, tmp_pat
     proc = run(['tools/train.py', config, '--work-dir', str(tmp_path / 'work'),
                 '--cfg-options', 'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None'])
     log = proc.stdout + proc.stderr
-    assert victim_train in log and trained_iters(log)[-1] == 2
+    assert victim_train in log and trained_iters(log)[-1] == 4
     proc = run(['tools/test.py', config, osp.join(trained['work_dir'], 'iter_4.pth'),
                 '--work-dir', str(tmp_path / 'test')], check=False)
     assert proc.returncode != 0

@@ -1,0 +1,180 @@
+"""Single-image inference for the tools (demo, sampling-point visualization, complexity):
+build a detector from a config without downloading anything, load a checkpoint with
+errors that name the file, and run the config's test pipeline on one image."""
+import copy
+import os.path as osp
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from torch import nn
+
+from ddetr.datasets.transforms.loading import load_image
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model; the message names
+    the file."""
+
+
+def load_config(config: Union[str, Config], cfg_options: Optional[Sequence[str]] = None,
+                num_classes: Optional[int] = None) -> Config:
+    """The config (a path or a Config copy) with ``--cfg-options`` KEY=VALUE strings and
+    ``num_classes`` applied, and the backbone's pretrained init removed (no download)."""
+    from ddetr.utils import parse_cfg_options
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    else:
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'config {config} does not exist')
+        cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    if 'model' not in cfg:
+        raise KeyError(f'config {getattr(cfg, "filename", config)} has no `model`')
+    if num_classes is not None:
+        cfg.model.bbox_head.num_classes = num_classes
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None  # pretrained weights come from the checkpoint
+    return cfg
+
+
+def build_detector(cfg: Config) -> nn.Module:
+    """The config's model from ddetr's registry (mmdet's modules as fallback)."""
+    from ddetr.registry import MODELS
+    from ddetr.utils import register_all_modules
+    register_all_modules()
+    return MODELS.build(cfg.model)
+
+
+def load_weights(model: nn.Module, checkpoint: str) -> dict:
+    """Load an mmengine checkpoint (or a bare state dict) into ``model`` strictly.
+    Returns the checkpoint's ``meta`` (empty when it has none)."""
+    import ddetr.engine  # noqa: F401  (local checkpoint loading under torch >= 2.6)
+    from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+    if not osp.isfile(checkpoint):
+        raise CheckpointError(f'checkpoint {checkpoint} does not exist')
+    try:
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    except Exception as e:  # truncated, not a torch file...
+        raise CheckpointError(f'could not load checkpoint {checkpoint}: {e}') from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'checkpoint {checkpoint} holds a {type(ckpt).__name__}, not a '
+                              f'state dict')
+    state_dict = ckpt.get('state_dict', ckpt)
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f'checkpoint {checkpoint} has no state dict of tensors')
+    if state_dict and all(k.startswith('module.') for k in state_dict):  # (D)DP prefix
+        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    try:
+        load_state_dict(model, state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f'checkpoint {checkpoint} does not fit the model: '
+                              f'{str(e).strip()[:2000]}') from None
+    meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
+    return meta
+
+
+def dataset_meta_of(cfg: Config, checkpoint_meta: Optional[dict] = None) -> dict:
+    """Class names (and palette) for drawing: the checkpoint's ``dataset_meta``, else the
+    config's test dataset class ``METAINFO``, else ``class_<i>``."""
+    meta = (checkpoint_meta or {}).get('dataset_meta')
+    if meta and meta.get('classes'):
+        return dict(meta)
+    num_classes = cfg.model.bbox_head.num_classes
+    dataset = cfg.get('test_dataloader', {}).get('dataset', {})
+    from ddetr.registry import DATASETS
+    dataset_cls = DATASETS.get(dataset.get('type')) if dataset.get('type') else None
+    metainfo = dict(getattr(dataset_cls, 'METAINFO', None) or {})
+    metainfo.update(dataset.get('metainfo') or {})
+    classes = metainfo.get('classes')
+    if classes and len(classes) == num_classes:
+        return dict(classes=tuple(classes), palette=metainfo.get('palette'))
+    return dict(classes=tuple(f'class_{i}' for i in range(num_classes)))
+
+
+def init_weights_quietly(model: nn.Module) -> None:
+    """``model.init_weights()`` without mmengine's per-parameter log."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
+def init_detector(config: Union[str, Config], checkpoint: Optional[str] = None,
+                  device: str = 'cpu', cfg_options: Optional[Sequence[str]] = None,
+                  num_classes: Optional[int] = None, seed: int = 0) -> nn.Module:
+    """Build the config's detector in eval mode with ``checkpoint`` loaded; without one
+    (``None`` or ``'none'``) the weights are the model's own random initialization, drawn
+    with ``seed``. ``model.cfg`` is the config used and ``model.dataset_meta`` the class
+    names."""
+    cfg = load_config(config, cfg_options, num_classes)
+    random_init = checkpoint is None or checkpoint.lower() == 'none'
+    if random_init:
+        torch.manual_seed(seed)
+    model = build_detector(cfg)
+    meta = {}
+    if random_init:
+        init_weights_quietly(model)
+    else:
+        meta = load_weights(model, checkpoint)
+    model.cfg = cfg
+    model.dataset_meta = dataset_meta_of(cfg, meta)
+    return model.to(device).eval()
+
+
+def build_test_pipeline(cfg: Config):
+    """The config's test pipeline for an image already in memory: its loading step
+    becomes mmdet's ``LoadImageFromNDArray`` and annotation loading is dropped."""
+    from mmengine.dataset import Compose
+    pipeline = cfg.get('test_pipeline') or cfg.get('test_dataloader', {}).get(
+        'dataset', {}).get('pipeline')
+    if not pipeline:
+        raise KeyError(f'config {cfg.filename} has no test pipeline (test_pipeline or '
+                       f'test_dataloader.dataset.pipeline)')
+    steps = []
+    for step in copy.deepcopy(list(pipeline)):
+        kind = str(step.get('type', ''))
+        if kind.startswith('LoadImageFrom'):
+            step = dict(type='mmdet.LoadImageFromNDArray')
+        elif kind.startswith('LoadAnnotations'):
+            continue
+        steps.append(step)
+    return Compose(steps)
+
+
+def prepare_image(model: nn.Module, image: str, pipeline=None) -> dict:
+    """Read ``image`` (an error names the file if it is missing or corrupt), run the test
+    pipeline and the model's data preprocessor: returns ``dict(inputs=(1, 3, H, W),
+    data_samples=[DetDataSample])`` ready for ``model(..., mode=...)``, and the decoded
+    BGR image under ``img``."""
+    img = load_image(image)
+    pipeline = pipeline or build_test_pipeline(model.cfg)
+    data = pipeline(dict(img=img, img_id=0, img_path=image))
+    batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        batch = model.data_preprocessor(batch, False)
+    batch['inputs'] = batch['inputs'].to(device)
+    batch['img'] = img
+    return batch
+
+
+def inference_detector(model: nn.Module, image: str, pipeline=None):
+    """Detections on one image file: a DetDataSample whose ``pred_instances`` hold
+    ``bboxes`` (x1, y1, x2, y2 in original-image pixels), ``scores`` and ``labels``."""
+    batch = prepare_image(model, image, pipeline)
+    with torch.no_grad():
+        return model(batch['inputs'], batch['data_samples'], mode='predict')[0]
+
+
+def as_rgb(img_bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img_bgr[..., ::-1])

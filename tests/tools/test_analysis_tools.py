@@ -1,0 +1,362 @@
+"""The analysis tools and the demo, on a shrunken quick-start model (random weights) and
+small generated images: model_complexity (the op's FLOPs, parameter counts),
+vis_sampling_points (what is captured, pixel conversion, the picture), demo (drawn
+detections, clear errors), benchmark_model (a smoke run against mmdet) and the mmdet
+equivalent it builds."""
+import importlib.util
+import json
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from ddetr.apis import CheckpointError, build_detector, init_detector, load_config
+from ddetr.ops import HAS_COMPILED_OP
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
+import benchmark_model  # noqa: E402
+import model_complexity  # noqa: E402
+import vis_sampling_points as vis  # noqa: E402
+from converter_utils import ConversionError  # noqa: E402
+from mmdet_equivalent import mmdet_model_cfg  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location('ddetr_demo_tool',
+                                               osp.join(ROOT, 'tools', 'demo.py'))
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def tiny_config(tmp_path_factory):
+    """The quick-start model (two-stage + refinement) with 1 + 1 layers and 10 queries."""
+    path = tmp_path_factory.mktemp('cfg') / 'tiny.py'
+    path.write_text(f"""
+_base_ = {QUICKSTART!r}
+model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
+""")
+    return str(path)
+
+
+def write_image(path, height=96, width=128, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    cv2.rectangle(img, (20, 30), (70, 80), (0, 0, 255), -1)
+    cv2.imwrite(str(path), img)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def image(tmp_path_factory):
+    return write_image(tmp_path_factory.mktemp('img') / 'shapes.jpg')
+
+
+# ------------------------------------------------------------------ model_complexity
+def level_shapes(model, shape):
+    with torch.no_grad():
+        feats = model.extract_feat(torch.zeros(1, 3, *shape))
+    return [tuple(f.shape[-2:]) for f in feats]
+
+
+@pytest.mark.parametrize('backend', ['compiled', 'fallback'])
+def test_complexity_counts_the_deformable_attention_op(tiny_config, backend, monkeypatch):
+    """FLOPs with the op counted minus without = 5 * nq * M * L * K * D per call, summed
+    over the encoder (every pixel a query) and decoder (object queries) layers; the
+    grid_sample fallback is counted the same."""
+    if backend == 'compiled' and not HAS_COMPILED_OP:
+        pytest.skip('ddetr._C not built')
+    if backend == 'fallback':
+        op_module = sys.modules['ddetr.ops.ms_deform_attn']
+        monkeypatch.setattr(op_module, '_has_kernel', lambda device: False)
+        monkeypatch.setattr(op_module, '_warned', True)
+    cfg = load_config(tiny_config)
+    model = build_detector(cfg).eval()
+    shape = (96, 128)
+    num_keys = sum(h * w for h, w in level_shapes(model, shape))
+    layer = cfg.model.encoder.layer_cfg
+    num_heads, head_dims = layer.num_heads, layer.embed_dims // layer.num_heads
+    per_query = 5 * num_heads * 4 * 4 * head_dims  # 4 levels, 4 points
+    analytic = per_query * (1 * num_keys + 1 * cfg.model.num_queries)  # 1 + 1 layers
+
+    counted = model_complexity.count_flops(model, shape)
+    ignored = model_complexity.count_flops(model, shape, count_deform_attn=False)
+    assert counted['deform_attn'] == analytic
+    assert ignored['deform_attn'] == 0
+    assert counted['total'] - ignored['total'] == analytic
+    # the rest is there too: convolutions, linears, and the decoder self-attention
+    assert counted['by_operator']['conv'] > 0 and counted['by_operator']['linear'] > 0
+    assert counted['by_operator']['scaled_dot_product_attention'] == (
+        2 * cfg.model.num_queries ** 2 * layer.embed_dims)
+
+
+def test_complexity_parameter_counts(tiny_config):
+    model = build_detector(load_config(tiny_config))
+    counts = model_complexity.count_parameters(model)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert counts['all'] == sum(unique.values())
+    bn = sum(p.numel() for m in model.backbone.modules()
+             if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    assert bn > 0 and counts['original'] == counts['all'] - bn
+    assert counts['trainable'] == counts['all']  # the quick start trains everything
+    # shared tensors once: the base variant shares one head across decoder layers
+    base = build_detector(load_config(tiny_config, ['model.with_box_refine=False',
+                                                    'model.as_two_stage=False',
+                                                    'model.decoder.num_layers=2']))
+    with_duplicates = sum(p.numel() for _, p in base.named_parameters(remove_duplicate=False))
+    assert model_complexity.count_parameters(base)['all'] < with_duplicates
+
+
+def test_complexity_matches_the_original_release_convention():
+    """The reference counts of shared/reference/official-checkpoint.md (91 classes)."""
+    expected = {'ddetr_r50.py': 40_069_665, 'ddetr_r50_refine.py': 40_849_660,
+                'ddetr_r50_refine_twostage.py': 41_181_529}
+    for name, count in expected.items():
+        model = build_detector(load_config(osp.join(ROOT, 'configs', name), num_classes=91))
+        counts = model_complexity.count_parameters(model)
+        assert counts['original'] == count, name
+        assert counts['all'] == count + 53_120  # ResNet-50's BN affine weights
+        assert counts['trainable'] < counts['original']  # frozen stem, stage 1 and BN
+
+
+def test_complexity_cli(tiny_config, capsys):
+    assert model_complexity.main([tiny_config, '--shape', '96', '128', '--fps-iters', '1']) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if re.match(r'\| [\d,]+ \|', line)]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip('|').split('|')]
+    assert int(cells[0].replace(',', '')) == model_complexity.count_parameters(
+        build_detector(load_config(tiny_config)))['all']
+    assert cells[3].endswith(('M', 'G')) and float(cells[5]) > 0  # FLOPs, FPS
+    assert '5 FLOPs per (query, head, level, point, channel)' in out
+    with pytest.raises(SystemExit):
+        model_complexity.parse_args(['--help'])
+    assert 'multiply-add is ONE FLOP' in capsys.readouterr().out
+    assert model_complexity.main(['missing.py']) == 1
+    assert 'config missing.py does not exist' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- vis_sampling_points
+class RecordOp(torch.utils._python_dispatch.TorchDispatchMode):
+    """Sees every call of the compiled op at the dispatcher, independently of the tool."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.ddetr.ms_deform_attn.default:
+            self.calls.append((args[3].clone(), args[4].clone()))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not HAS_COMPILED_OP, reason='ddetr._C not built')
+def test_captured_points_are_what_the_op_received(tiny_config, image):
+    from ddetr.apis import prepare_image
+    from ddetr.models.layers import multi_scale_deformable_attention as msda_module
+    from ddetr.ops import ms_deform_attn
+    model = init_detector(tiny_config, None)
+    batch = prepare_image(model, image)
+    with torch.no_grad():
+        plain = model(batch['inputs'], batch['data_samples'], mode='tensor')
+    with RecordOp() as recorder:
+        result = vis.sampling_points(model, batch)
+    assert msda_module.ms_deform_attn is ms_deform_attn  # restored
+    assert len(recorder.calls) == 2  # 1 encoder + 1 decoder layer
+    records = result['capture'].records
+    for name, (locations, weights) in zip(('encoder', 'decoder'), recorder.calls):
+        assert torch.equal(records[name]['sampling_locations'], locations)
+        assert torch.equal(records[name]['attention_weights'], weights)
+    # the capture changes nothing
+    with torch.no_grad():
+        again = model(batch['inputs'], batch['data_samples'], mode='tensor')
+    for a, b in zip(plain, again):
+        assert torch.equal(a, b)
+    # the default decoder query is the best-scoring one; points are that query's
+    scores = plain[0][-1, 0].sigmoid().max(-1)[0]
+    dec = result['decoder']
+    assert dec['index'] == int(scores.argmax())
+    assert dec['score'] == pytest.approx(float(scores.max()))
+    assert dec['points'].shape == (4, 4, 4, 2) and dec['weights'].shape == (4, 4, 4)
+    torch.testing.assert_close(dec['weights'], recorder.calls[1][1][0, dec['index']])
+    # scale factor 1, no padding: pixels = normalized * (W, H)
+    torch.testing.assert_close(dec['points'],
+                               recorder.calls[1][0][0, dec['index']] * torch.tensor([128., 96.]))
+
+
+def test_pixel_conversion():
+    points = torch.tensor([[[0.5, 0.5]], [[0.25, 0.1]]])  # (L=2, K=1, 2)
+    ratios = torch.tensor([[1.0, 1.0], [0.5, 0.8]])
+    out = vis.to_image_pixels(points, ratios, img_shape=(100, 200), scale_factor=(2.0, 0.5))
+    # level 0: 0.5 * 200 / 2 = 50, 0.5 * 100 / 0.5 = 100; level 1 through its valid
+    # ratio: 0.25 / 0.5 * 200 / 2 = 50, 0.1 / 0.8 * 100 / 0.5 = 25
+    torch.testing.assert_close(out, torch.tensor([[[50.0, 100.0]], [[50.0, 25.0]]]))
+    with pytest.raises(ValueError, match=r'\(\.\.\., L, K, 2\) with L = 2'):
+        vis.to_image_pixels(torch.zeros(3, 1, 2), ratios, (100, 200))
+    # the encoder query under a point: level 1 of a (10, 20) map over a 100 x 200 input
+    shapes = torch.tensor([[20, 40], [10, 20]])
+    starts = torch.tensor([0, 800])
+    index, row, col = vis.encoder_query_index((105.0, 47.0), 1, shapes, starts,
+                                              torch.ones(2, 2), (100, 200))
+    assert (row, col) == (4, 10) and index == 800 + 4 * 20 + 10
+    with pytest.raises(ValueError, match='--encoder-level 2'):
+        vis.encoder_query_index((0, 0), 2, shapes, starts, torch.ones(2, 2), (100, 200))
+
+
+def test_vis_tool_writes_the_figure(tiny_config, image, tmp_path, capsys):
+    out = tmp_path / 'fig' / 'fig6.png'
+    assert vis.main([tiny_config, 'none', image, '--out', str(out), '--query-point', '45',
+                     '55']) == 0
+    printed = capsys.readouterr().out
+    assert f'wrote {out}' in printed
+    picture = cv2.imread(str(out))
+    assert picture is not None and picture.shape[1] > picture.shape[0] > 200
+    # the encoder query's reference point (green cross) is the centre of the level-0
+    # pixel (stride 8) under the requested point
+    m = re.search(r'reference point \(([\d.]+), ([\d.]+)\)', printed)
+    assert (float(m[1]), float(m[2])) == (44.0, 52.0)
+    assert vis.main([tiny_config, 'none', image, '--query-index', '10',
+                     '--out', str(out)]) == 1
+    assert '--query-index 10: the model has 10 object queries' in capsys.readouterr().err
+    assert vis.main([tiny_config, 'none', str(tmp_path / 'nope.jpg'), '--out', str(out)]) == 1
+    assert f'image file not found: {tmp_path / "nope.jpg"}' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ demo
+@pytest.fixture(scope='module')
+def checkpoint(tiny_config, tmp_path_factory):
+    model = init_detector(tiny_config, None)
+    path = tmp_path_factory.mktemp('ckpt') / 'tiny.pth'
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'dataset_meta': {'classes': tuple(f'thing{i}' for i in range(6))}}},
+               path)
+    return str(path)
+
+
+def test_demo_draws_detections(tiny_config, image, checkpoint, tmp_path, capsys):
+    out = tmp_path / 'pred.jpg'
+    assert demo.main([image, tiny_config, checkpoint, '--out', str(out),
+                      '--score-thr', '0']) == 0
+    printed = capsys.readouterr().out
+    # all 10 queries x 6 classes (max_per_img 100), named by the checkpoint's classes
+    assert '60 detections >= 0.0' in printed and 'thing0' in printed
+    drawn, original = cv2.imread(str(out)), cv2.imread(image)
+    assert drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original.astype(int)).max() > 50  # boxes were drawn
+    # the same detections through the API, in original-image pixels
+    from ddetr.apis import inference_detector
+    pred = inference_detector(init_detector(tiny_config, checkpoint), image).pred_instances
+    assert pred.bboxes.shape == (60, 4) and float(pred.bboxes[:, 2].max()) <= 128
+    # nothing above a threshold of 1: the image comes out unchanged (up to JPEG)
+    assert demo.main([image, tiny_config, checkpoint, '--out', str(out),
+                      '--score-thr', '1.01']) == 0
+    assert '0 detections' in capsys.readouterr().out
+
+
+def test_demo_folder_skips_a_corrupt_image(tiny_config, checkpoint, tmp_path, capsys):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    write_image(folder / 'a.jpg', 80, 100, seed=1)
+    write_image(folder / 'b.png', 90, 70, seed=2)
+    (folder / 'broken.jpg').write_bytes(b'not a jpeg')
+    (folder / 'notes.txt').write_text('ignored')
+    out = tmp_path / 'out'
+    assert demo.main([str(folder), tiny_config, checkpoint, '--out', str(out)]) == 1
+    assert sorted(os.listdir(out)) == ['a.jpg', 'b.png']
+    err = capsys.readouterr().err
+    assert f'cannot decode image file {folder / "broken.jpg"}' in err
+
+
+def test_demo_errors_name_the_file(tiny_config, image, checkpoint, tmp_path, capsys):
+    out = str(tmp_path / 'o.jpg')
+    missing = str(tmp_path / 'missing.pth')
+    assert demo.main([image, tiny_config, missing, '--out', out]) == 1
+    assert f'checkpoint {missing} does not exist' in capsys.readouterr().err
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'\x00garbage')
+    assert demo.main([image, tiny_config, str(corrupt), '--out', out]) == 1
+    assert f'could not load checkpoint {corrupt}' in capsys.readouterr().err
+    other = tmp_path / 'other.pth'  # a checkpoint of another model (8 classes)
+    torch.save({'state_dict': init_detector(tiny_config, None, num_classes=8).state_dict()},
+               other)
+    assert demo.main([image, tiny_config, str(other), '--out', out]) == 1
+    err = capsys.readouterr().err
+    assert f'checkpoint {other} does not fit the model' in err
+    assert 'bbox_head.cls_branches.0.weight' in err
+    with pytest.raises(CheckpointError, match='does not fit'):
+        init_detector(tiny_config, str(other))
+
+
+def test_demo_command_line_error_has_no_traceback(tiny_config, checkpoint, tmp_path):
+    missing = str(tmp_path / 'missing.jpg')
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'demo.py'), missing,
+                           tiny_config, checkpoint, '--out', str(tmp_path / 'o.jpg')],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 1
+    assert f'image file not found: {missing}' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+# ---------------------------------------------------------------- benchmark_model
+def test_mmdet_equivalent_refuses_what_mmdet_lacks():
+    def model_of(name):
+        return Config.fromfile(osp.join(ROOT, 'configs', name)).model
+    cfg = mmdet_model_cfg(model_of('ddetr_r50_refine_twostage.py'))
+    assert (cfg['with_box_refine'], cfg['as_two_stage']) == (True, True)
+    assert cfg['neck']['type'] == 'ChannelMapper' and cfg['neck']['num_outs'] == 4
+    assert cfg['backbone']['init_cfg'] is None
+    assert cfg['encoder']['layer_cfg']['self_attn_cfg']['num_points'] == 4
+    with pytest.raises(ConversionError, match='neck BiFPN'):
+        mmdet_model_cfg(model_of('table2/ddetr_r50_bifpn.py'))
+    with pytest.raises(ConversionError, match='multi_scale_attention=False'):
+        mmdet_model_cfg(model_of('table2/ddetr_r50_ms_inputs_k4.py'))
+
+
+def test_benchmark_smoke(tmp_path, capsys):
+    """A tiny Table 1 base model (ResNet-18, 1 + 1 layers) at 64 x 96: both rows, the
+    ratios and memory are reported and the two models compute the same outputs."""
+    config = tmp_path / 'tiny_r50.py'
+    config.write_text(f"""
+_base_ = {osp.join(ROOT, 'configs', 'ddetr_r50.py')!r}
+model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128, 256, 512]),
+             encoder=dict(num_layers=1, layer_cfg=dict(feedforward_channels=64)),
+             decoder=dict(num_layers=1, layer_cfg=dict(feedforward_channels=64)))
+""")
+    result_file = tmp_path / 'bench.json'
+    assert benchmark_model.main([str(config), '--shape', '64', '96', '--iters', '1',
+                                 '--threads', '1', '--json', str(result_file)]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith('| ')]
+    assert [row.split('|')[1].strip() for row in table[1:]] == [
+        'ddetr (compiled op)', 'mmdet 3.3 (mmcv grid_sample fallback)', 'ratio mmdet / ddetr']
+    ratio_cells = table[-1].strip('|').split('|')[1:]  # train, inference, 2 x memory
+    assert len(ratio_cells) == 4
+    assert all(re.match(r'\s*\d+\.\d+x', cell) for cell in ratio_cells)
+    assert 'target >= 1.5x' in ratio_cells[0] and 'target >= 1.5x' in ratio_cells[1]
+    results = json.loads(result_file.read_text())
+    assert set(results['ratios']) == {'train', 'inference', 'train_memory',
+                                      'inference_memory'}
+    for impl in ('ddetr', 'mmdet'):
+        assert results['time_ms'][impl]['train'] > results['time_ms'][impl]['inference'] > 0
+        assert results['peak_mb'][impl]['train'] > 0
+    assert results['max_difference']['logits'] < 1e-4
+    assert results['max_difference']['boxes'] < 1e-4
+    assert benchmark_model.main([str(tmp_path / 'nope.py')]) == 1
+    assert 'does not exist' in capsys.readouterr().err
