@@ -58,7 +58,7 @@ def shrink(model_cfg, num_classes, mmdet_layout):
 
 
 def build_mmdet(variant, num_classes=91, seed=0):
-    """mmdet's DeformableDETR as built (random init), with noise on every weight outside the
+    """mmdet's DeformableDETR as built and initialized, with noise on every weight outside the
     backbone (so no tensor is a constant that a wrong mapping could reproduce) and random
     BatchNorm affine weights and statistics in the backbone."""
     cfg = shrink(Config.fromfile(osp.join(MMDET_CONFIGS, VARIANTS[variant][0])).model,
@@ -66,6 +66,8 @@ def build_mmdet(variant, num_classes=91, seed=0):
     torch.manual_seed(seed)
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MMDET_MODELS.build(cfg)
+        # as mmdet's Runner does; before it, level_embed is uninitialized memory (maybe NaN)
+        model.init_weights()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
