@@ -49,19 +49,12 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    import torch
-    from mmengine.config import Config, ConfigDict
+    from mmengine.config import ConfigDict
 
-    from ddetr.utils import parse_cfg_options, setup_cpu_distributed
-    for name, path in (('config', args.config), ('checkpoint', args.checkpoint)):
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{name} {path} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    from ddetr.utils import load_run_config
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
@@ -83,8 +76,6 @@ def build_config(args):
                                f'(see configs/table3/*_tta.py)')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    if args.launcher != 'none' and not torch.cuda.is_available():
-        setup_cpu_distributed(cfg)
     return cfg
 
 
@@ -96,7 +87,10 @@ def main(argv=None):
     from ddetr.datasets.transforms.loading import ImageLoadError
     from ddetr.utils import register_all_modules
     register_all_modules(init_scope=False)
-    cfg = build_config(args)
+    try:
+        cfg = build_config(args)
+    except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
     runner = Runner.from_cfg(cfg)
     try:
         metrics = runner.test()

@@ -51,22 +51,14 @@ def parse_args(argv=None):
 def build_config(args):
     """The config with the command line applied."""
     import torch
-    from mmengine.config import Config
 
-    from ddetr.utils import parse_cfg_options, setup_cpu_distributed
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config {args.config} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(parse_cfg_options(args.cfg_options))
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    from ddetr.utils import load_run_config
+    cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
 
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
-            pass
+            pass  # the config already asks for mixed precision
         elif torch.cuda.is_available():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -85,9 +77,6 @@ def build_config(args):
             raise FileNotFoundError(f'--resume: checkpoint {args.resume} does not exist')
         cfg.resume, cfg.load_from = True, args.resume
 
-    if args.launcher != 'none' and not torch.cuda.is_available():
-        setup_cpu_distributed(cfg)
-
     hooks = cfg.get('custom_hooks', None) or []
     if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
         cfg.custom_hooks = list(hooks) + [dict(type='FiniteLossHook')]
@@ -100,7 +89,10 @@ def main(argv=None):
 
     from ddetr.utils import register_all_modules
     register_all_modules(init_scope=False)
-    cfg = build_config(args)
+    try:
+        cfg = build_config(args)
+    except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -84,33 +84,22 @@ def make_grid(pairs, columns):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
-    from mmengine.runner import load_checkpoint
-
-    from ddetr.registry import DATASETS, MODELS
-    from ddetr.utils import register_all_modules
-    for name, path in (('config', args.config), ('checkpoint', args.checkpoint)):
-        if not osp.isfile(path):
-            sys.exit(f'show_predictions: {name} {path} does not exist')
-    register_all_modules()
-    cfg = Config.fromfile(args.config)
-    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    from ddetr.apis import CheckpointError, inference_detector, init_detector
+    from ddetr.registry import DATASETS
+    try:
+        model = init_detector(args.config, args.checkpoint)
+    except (FileNotFoundError, KeyError, CheckpointError) as e:
+        sys.exit(f'show_predictions: {e}')
+    dataset = DATASETS.build(model.cfg.test_dataloader.dataset)
     classes = dataset.metainfo['classes']
-    model = MODELS.build(cfg.model)
-    load_checkpoint(model, args.checkpoint, map_location='cpu', logger='silent')
-    model.eval()
 
     pairs = []
     for index in range(min(args.num_images, len(dataset))):
-        data = dataset[index]
         info = dataset.get_data_info(index)
-        with torch.no_grad():
-            sample = model.test_step(pseudo_collate([data]))[0]
         img = cv2.imread(info['img_path'], cv2.IMREAD_COLOR)
         if img is None:
             sys.exit(f'show_predictions: cannot read {info["img_path"]}')
+        sample = inference_detector(model, info['img_path'])
         gt = [(inst['bbox'], inst['bbox_label']) for inst in info['instances']
               if not inst.get('ignore_flag', 0)]
         pred = sample.pred_instances

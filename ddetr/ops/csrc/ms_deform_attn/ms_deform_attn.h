@@ -29,6 +29,16 @@ MsdaSizes check_ms_deform_attn_args(const at::Tensor& value, const at::Tensor& s
                                     const at::Tensor& attention_weights, int64_t im2col_step,
                                     bool check_values);
 
+// The op's tensors made contiguous (the kernels index them densely).
+struct MsdaInputs {
+  at::Tensor value, spatial_shapes, level_start_index, sampling_locations, attention_weights;
+};
+
+MsdaInputs contiguous_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                             const at::Tensor& level_start_index,
+                             const at::Tensor& sampling_locations,
+                             const at::Tensor& attention_weights);
+
 void check_grad_output(const at::Tensor& grad_output, const MsdaSizes& sizes,
                        const at::Tensor& value);
 

@@ -105,6 +105,14 @@ MsdaSizes check_ms_deform_attn_args(const at::Tensor& value, const at::Tensor& s
   return s;
 }
 
+MsdaInputs contiguous_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                             const at::Tensor& level_start_index,
+                             const at::Tensor& sampling_locations,
+                             const at::Tensor& attention_weights) {
+  return {value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
+          sampling_locations.contiguous(), attention_weights.contiguous()};
+}
+
 void check_grad_output(const at::Tensor& grad_output, const MsdaSizes& s,
                        const at::Tensor& value) {
   TORCH_CHECK_VALUE(grad_output.dim() == 3 && grad_output.size(0) == s.bs &&

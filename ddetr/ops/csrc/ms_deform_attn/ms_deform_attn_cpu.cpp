@@ -182,11 +182,9 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in,
   const MsdaSizes s = check_ms_deform_attn_args(value_in, spatial_shapes_in, level_start_index_in,
                                                 sampling_locations_in, attention_weights_in,
                                                 im2col_step, /*check_values=*/true);
-  const auto value = value_in.contiguous();
-  const auto spatial_shapes = spatial_shapes_in.contiguous();
-  const auto level_start_index = level_start_index_in.contiguous();
-  const auto sampling_locations = sampling_locations_in.contiguous();
-  const auto attention_weights = attention_weights_in.contiguous();
+  const auto [value, spatial_shapes, level_start_index, sampling_locations, attention_weights] =
+      contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+                        attention_weights_in);
   auto output = at::empty({s.bs, s.num_queries, s.num_heads * s.head_dims}, value.options());
   if (output.numel() == 0) return output;
 
@@ -211,11 +209,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
                                                 sampling_locations_in, attention_weights_in,
                                                 im2col_step, /*check_values=*/true);
   check_grad_output(grad_output_in, s, value_in);
-  const auto value = value_in.contiguous();
-  const auto spatial_shapes = spatial_shapes_in.contiguous();
-  const auto level_start_index = level_start_index_in.contiguous();
-  const auto sampling_locations = sampling_locations_in.contiguous();
-  const auto attention_weights = attention_weights_in.contiguous();
+  const auto [value, spatial_shapes, level_start_index, sampling_locations, attention_weights] =
+      contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+                        attention_weights_in);
   const auto grad_output = grad_output_in.contiguous();
 
   auto grad_value = at::zeros_like(value, at::MemoryFormat::Contiguous);

@@ -166,11 +166,9 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in,
                                                 sampling_locations_in, attention_weights_in,
                                                 im2col_step, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(value_in.device());
-  const auto value = value_in.contiguous();
-  const auto spatial_shapes = spatial_shapes_in.contiguous();
-  const auto level_start_index = level_start_index_in.contiguous();
-  const auto sampling_locations = sampling_locations_in.contiguous();
-  const auto attention_weights = attention_weights_in.contiguous();
+  const auto [value, spatial_shapes, level_start_index, sampling_locations, attention_weights] =
+      contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+                        attention_weights_in);
   auto output = at::empty({s.bs, s.num_queries, s.num_heads * s.head_dims}, value.options());
   const int64_t n = output.numel();
   if (n == 0) return output;
@@ -198,11 +196,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                                                 im2col_step, /*check_values=*/false);
   check_grad_output(grad_output_in, s, value_in);
   const c10::cuda::CUDAGuard device_guard(value_in.device());
-  const auto value = value_in.contiguous();
-  const auto spatial_shapes = spatial_shapes_in.contiguous();
-  const auto level_start_index = level_start_index_in.contiguous();
-  const auto sampling_locations = sampling_locations_in.contiguous();
-  const auto attention_weights = attention_weights_in.contiguous();
+  const auto [value, spatial_shapes, level_start_index, sampling_locations, attention_weights] =
+      contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
+                        attention_weights_in);
   const auto grad_output = grad_output_in.contiguous();
 
   // Gradients accumulate atomically in float32 (float64 for double), then take the input dtype.
