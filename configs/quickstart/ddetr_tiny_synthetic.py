@@ -64,15 +64,17 @@ model = dict(
             ])),
     test_cfg=dict(max_per_img=100))
 
+img_scale = (256, 256)  # every image resized (aspect kept) so its longer side is 256 px
 train_pipeline = [
     dict(type='LoadImageFromFileSafe'),
     dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFileSafe'),
-    dict(type='Resize', scale_factor=1.0),  # records scale_factor for rescaling predictions
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(
         type='PackDetInputs',
@@ -110,9 +112,10 @@ val_evaluator = dict(  # Coco12Metric: mmdet's CocoMetric reporting all 12 COCO 
     type='Coco12Metric', ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
 test_evaluator = val_evaluator
 
-max_iters = 2000
+max_iters = 1800
 optim_wrapper = dict(
-    type='OptimWrapper',
+    # bfloat16 autocast on CPU (about 1.7x faster here); on a GPU this runs in float32
+    type='CPUAmpOptimWrapper',
     optimizer=dict(type='AdamW', lr=4e-4, weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(custom_keys={'sampling_offsets': dict(lr_mult=0.1),
@@ -130,4 +133,5 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=250, max_keep_ckpts=2,
                     save_best=None))
 log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)  # a reproducible quick start
 auto_scale_lr = dict(enable=False, base_batch_size=8)

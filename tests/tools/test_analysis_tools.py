@@ -228,9 +228,12 @@ def test_vis_tool_writes_the_figure(tiny_config, image, tmp_path, capsys):
     picture = cv2.imread(str(out))
     assert picture is not None and picture.shape[1] > picture.shape[0] > 200
     # the encoder query's reference point (green cross) is the centre of the level-0
-    # pixel (stride 8) under the requested point
+    # pixel under the requested point: stride 8 of the network input, which the test
+    # pipeline scales by 256 / 128 = 2, so 4 pixels of the 96 x 128 image
+    stride = 8 / 2
     m = re.search(r'reference point \(([\d.]+), ([\d.]+)\)', printed)
-    assert (float(m[1]), float(m[2])) == (44.0, 52.0)
+    assert (float(m[1]), float(m[2])) == ((45 // stride + 0.5) * stride,
+                                          (55 // stride + 0.5) * stride) == (46.0, 54.0)
     assert vis.main([tiny_config, 'none', image, '--query-index', '10',
                      '--out', str(out)]) == 1
     assert '--query-index 10: the model has 10 object queries' in capsys.readouterr().err

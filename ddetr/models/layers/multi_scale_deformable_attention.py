@@ -148,9 +148,7 @@ class MultiScaleDeformableAttention(BaseModule):
         # (bs, num_keys, C) -> (bs, num_keys, M, C / M)
         value = value.view(bs, num_keys, num_heads, self.embed_dims // num_heads)
 
-        # (bs, nq, M * L * K * 2) -> (bs, nq, M, L, K, 2)
-        offsets = self.sampling_offsets(query).view(bs, num_queries, num_heads, num_levels,
-                                                    num_points, 2)
+        offsets = self.sampling_offsets(query)  # (bs, nq, M * L * K * 2)
         logits = self.attention_weights(query)
         if self.multi_scale:
             # (bs, nq, M * L * K) -> (bs, nq, M, L * K): softmax over all levels' points
@@ -162,17 +160,31 @@ class MultiScaleDeformableAttention(BaseModule):
             weights = logits.view(bs, num_queries, num_heads, num_levels, num_points).softmax(-1)
             weights = weights * self._level_shares(query_levels, num_queries, weights)
 
+        # Locations are computed on the flat (M * L * K * 2) layout of the offsets, where
+        # the factors broadcast over leading dims only (a 6-d broadcast whose innermost
+        # size is 2 runs several times slower on CPU).
+        dtype = torch.promote_types(offsets.dtype, reference_points.dtype)
+        offsets = offsets.to(dtype)
+        reference_points = reference_points.to(dtype)
+
+        def per_point(t: Tensor) -> Tensor:
+            # (bs, nq, L, 2) -> (bs, nq, M, L, K, 2) -> (bs, nq, M * L * K * 2)
+            return t[:, :, None, :, None, :].expand(-1, -1, num_heads, -1, num_points,
+                                                    -1).flatten(2)
+
         if reference_points.shape[-1] == 2:
-            # offsets in pixels of each level: divide by (W_l, H_l)
-            normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
-            # (bs, nq, 1, L, 1, 2) + (bs, nq, M, L, K, 2)
-            locations = (reference_points[:, :, None, :, None, :] +
-                         offsets / normalizer[None, None, None, :, None, :])
+            # offsets in pixels of each level: loc = p + dp / (W_l, H_l)
+            inv_size = 1.0 / spatial_shapes.flip(-1).to(dtype)  # (L, 2) as (1 / W, 1 / H)
+            # (L, 2) -> (M, L, K, 2) -> (M * L * K * 2,)
+            inv_size = inv_size[None, :, None, :].expand(num_heads, -1, num_points, -1).flatten()
+            locations = torch.addcmul(per_point(reference_points), offsets, inv_size)
         else:
-            # A.4: offsets modulated by the box size, scaled by 1 / (2K)
-            centers = reference_points[:, :, None, :, None, :2]
-            sizes = reference_points[:, :, None, :, None, 2:]
-            locations = centers + offsets / num_points * sizes * 0.5
+            # A.4: offsets modulated by the box size, scaled by 1 / (2K):
+            # loc = (cx, cy) + dp * (w, h) / (2K)
+            locations = torch.addcmul(per_point(reference_points[..., :2]), offsets,
+                                      per_point(reference_points[..., 2:]) * (0.5 / num_points))
+        # (bs, nq, M * L * K * 2) -> (bs, nq, M, L, K, 2)
+        locations = locations.view(bs, num_queries, num_heads, num_levels, num_points, 2)
 
         # the op needs one dtype; sample in the wider one (float32 under mixed precision)
         dtype = torch.promote_types(value.dtype, locations.dtype)
