@@ -115,6 +115,17 @@ def assert_same_outputs(mmdet_out, ddetr_out):
 
 
 # --- the original release's format, from the documented correspondence ----------------
+def with_aliases(out, with_box_refine, as_two_stage):
+    """The original release's second names of its heads: with refinement the decoder's
+    bbox_embed, two-stage also its class_embed, are the same tensors."""
+    for key in list(out):
+        if with_box_refine and key.startswith('bbox_embed.'):
+            out['transformer.decoder.' + key] = out[key]
+        if as_two_stage and key.startswith('class_embed.'):
+            out['transformer.decoder.' + key] = out[key]
+    return out
+
+
 def mmdet_to_official(state_dict, with_box_refine, as_two_stage, neck_biases=None):
     """An original-release state dict with the mmdet model's weights (the table in
     shared/reference/official-checkpoint.md, read right to left), including the aliases
@@ -166,12 +177,7 @@ def mmdet_to_official(state_dict, with_box_refine, as_two_stage, neck_biases=Non
                 break
         else:
             raise AssertionError(f'test mapping misses {key}')
-    for key in list(out):
-        if with_box_refine and key.startswith('bbox_embed.'):
-            out['transformer.decoder.' + key] = out[key]
-        if as_two_stage and key.startswith('class_embed.'):
-            out['transformer.decoder.' + key] = out[key]
-    return out
+    return with_aliases(out, with_box_refine, as_two_stage)
 
 
 def official_args(with_box_refine, as_two_stage):
@@ -216,12 +222,7 @@ def ddetr_to_official(state_dict, with_box_refine, as_two_stage):
                 break
         else:
             raise AssertionError(f'no inverse for {key}')
-    for key in list(out):
-        if with_box_refine and key.startswith('bbox_embed.'):
-            out['transformer.decoder.' + key] = out[key]
-        if as_two_stage and key.startswith('class_embed.'):
-            out['transformer.decoder.' + key] = out[key]
-    return out
+    return with_aliases(out, with_box_refine, as_two_stage)
 
 
 # --- tests -------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ embed_dims 256 (mmdet's proposal embedding hard-codes 128 features per coordinat
 Anything else raises ConversionError naming the setting.
 """
 import copy
-import logging
 import os.path as osp
 import sys
 from typing import Tuple
 
 import torch
 from torch import nn
+
+from ddetr.apis.inference import init_weights_quietly
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from converter_utils import ConversionError  # noqa: E402
@@ -135,17 +136,6 @@ def mmdet_model_cfg(model_cfg: dict) -> dict:
         test_cfg=dict(cfg.get('test_cfg') or dict(max_per_img=100)))
 
 
-def _quiet_init(model: nn.Module) -> None:
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-
-
 def build_mmdet_model(model_cfg: dict, seed: int = 0) -> nn.Module:
     """mmdet's DeformableDETR equivalent to ddetr's ``model_cfg``, initialized by its own
     ``init_weights`` (random, no pretrained backbone) with ``seed``."""
@@ -156,7 +146,7 @@ def build_mmdet_model(model_cfg: dict, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MMDET_MODELS.build(mmdet_model_cfg(model_cfg))
-    _quiet_init(model)
+    init_weights_quietly(model)
     return model
 
 
