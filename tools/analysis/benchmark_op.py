@@ -6,8 +6,9 @@ Two workloads of the paper's model on an 800x1333 image (maps 100x167, 50x84, 25
   encoder  bs 1, every pixel a query (22,223 queries), points clustered around the query
   decoder  bs 2, 300 object queries spread over the image
 
-Prints times (median of --repeat runs) and peak memory of forward+backward, each measured
-in a fresh process, and the ratios fallback / ddetr with the project's targets.
+Prints times (median of at least --repeat runs; short ones are repeated to fill 0.5 s) and
+peak memory of forward+backward, each measured in a fresh process, and the ratios
+fallback / ddetr with the project's targets.
 
     python tools/analysis/benchmark_op.py [--repeat 5] [--threads 2] [--json out.json]
 """
@@ -111,10 +112,13 @@ def run_once(fn, inputs, backward):
     out.backward(torch.ones_like(out))
 
 
-def time_it(fn, inputs, backward, repeat):
+def time_it(fn, inputs, backward, repeat, min_seconds=0.5, max_runs=500):
+    """Median time (ms) of at least ``repeat`` runs and, for short runs, as many more as
+    fill ``min_seconds`` (at most ``max_runs``): a sub-millisecond op timed only a few times
+    reports the machine's hiccups rather than itself."""
     run_once(fn, inputs, backward)  # warm-up
     times = []
-    for _ in range(repeat):
+    while len(times) < repeat or (sum(times) < min_seconds and len(times) < max_runs):
         start = time.perf_counter()
         run_once(fn, inputs, backward)
         times.append(time.perf_counter() - start)
@@ -168,7 +172,8 @@ def main():
     torch.set_num_threads(args.threads)
     from ddetr.ops import backend_info
     print(f'ms_deform_attn benchmark: {backend_info()}; torch {torch.__version__}, '
-          f'{args.threads} threads, float32, median of {args.repeat}')
+          f'{args.threads} threads, float32, median of >= {args.repeat} runs (more for '
+          f'short ones, to fill 0.5 s)')
     impls = implementations()
     results = {}
     for workload in WORKLOADS:
