@@ -151,14 +151,17 @@ def build_test_pipeline(cfg: Config):
     return Compose(steps)
 
 
-def prepare_image(model: nn.Module, image: str, pipeline=None) -> dict:
-    """Read ``image`` (an error names the file if it is missing or corrupt), run the test
-    pipeline and the model's data preprocessor: returns ``dict(inputs=(1, 3, H, W),
-    data_samples=[DetDataSample])`` ready for ``model(..., mode=...)``, and the decoded
-    BGR image under ``img``."""
-    img = load_image(image)
+def prepare_image(model: nn.Module, image: Union[str, np.ndarray], pipeline=None) -> dict:
+    """Read ``image`` (a file: an error names it if it is missing or corrupt; or a decoded
+    BGR uint8 array), run the test pipeline and the model's data preprocessor: returns
+    ``dict(inputs=(1, 3, H, W), data_samples=[DetDataSample])`` ready for
+    ``model(..., mode=...)``, and the decoded BGR image under ``img``."""
+    if isinstance(image, np.ndarray):
+        img, path = image, None
+    else:
+        img, path = load_image(image), image
     pipeline = pipeline or build_test_pipeline(model.cfg)
-    data = pipeline(dict(img=img, img_id=0, img_path=image))
+    data = pipeline(dict(img=img, img_id=0, img_path=path))
     batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -168,9 +171,10 @@ def prepare_image(model: nn.Module, image: str, pipeline=None) -> dict:
     return batch
 
 
-def inference_detector(model: nn.Module, image: str, pipeline=None):
-    """Detections on one image file: a DetDataSample whose ``pred_instances`` hold
-    ``bboxes`` (x1, y1, x2, y2 in original-image pixels), ``scores`` and ``labels``."""
+def inference_detector(model: nn.Module, image: Union[str, np.ndarray], pipeline=None):
+    """Detections on one image (a file or a decoded BGR array, see ``prepare_image``): a
+    DetDataSample whose ``pred_instances`` hold ``bboxes`` (x1, y1, x2, y2 in
+    original-image pixels), ``scores`` and ``labels``."""
     batch = prepare_image(model, image, pipeline)
     with torch.no_grad():
         return model(batch['inputs'], batch['data_samples'], mode='predict')[0]

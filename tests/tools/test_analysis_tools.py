@@ -264,8 +264,13 @@ def test_demo_draws_detections(tiny_config, image, checkpoint, tmp_path, capsys)
     assert np.abs(drawn.astype(int) - original.astype(int)).max() > 50  # boxes were drawn
     # the same detections through the API, in original-image pixels
     from ddetr.apis import inference_detector
-    pred = inference_detector(init_detector(tiny_config, checkpoint), image).pred_instances
+    model = init_detector(tiny_config, checkpoint)
+    pred = inference_detector(model, image).pred_instances
     assert pred.bboxes.shape == (60, 4) and float(pred.bboxes[:, 2].max()) <= 128
+    # an image already decoded (BGR, as cv2 reads it) gives the same detections
+    from_array = inference_detector(model, original).pred_instances
+    for key in ('bboxes', 'scores', 'labels'):
+        assert torch.equal(from_array[key], pred[key]), key
     # nothing above a threshold of 1: the image comes out unchanged (up to JPEG)
     assert demo.main([image, tiny_config, checkpoint, '--out', str(out),
                       '--score-thr', '1.01']) == 0

@@ -85,6 +85,7 @@ def make_grid(pairs, columns):
 def main(argv=None):
     args = parse_args(argv)
     from ddetr.apis import CheckpointError, inference_detector, init_detector
+    from ddetr.datasets.transforms.loading import ImageLoadError, load_image
     from ddetr.registry import DATASETS
     try:
         model = init_detector(args.config, args.checkpoint)
@@ -96,10 +97,11 @@ def main(argv=None):
     pairs = []
     for index in range(min(args.num_images, len(dataset))):
         info = dataset.get_data_info(index)
-        img = cv2.imread(info['img_path'], cv2.IMREAD_COLOR)
-        if img is None:
-            sys.exit(f'show_predictions: cannot read {info["img_path"]}')
-        sample = inference_detector(model, info['img_path'])
+        try:
+            img = load_image(info['img_path'])
+        except ImageLoadError as e:
+            sys.exit(f'show_predictions: {e}')
+        sample = inference_detector(model, img)
         gt = [(inst['bbox'], inst['bbox_label']) for inst in info['instances']
               if not inst.get('ignore_flag', 0)]
         pred = sample.pred_instances
