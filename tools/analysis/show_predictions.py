@@ -84,7 +84,8 @@ def make_grid(pairs, columns):
 
 def main(argv=None):
     args = parse_args(argv)
-    from ddetr.apis import CheckpointError, inference_detector, init_detector
+    from ddetr.apis import (CheckpointError, build_test_pipeline, inference_detector,
+                            init_detector)
     from ddetr.datasets.transforms.loading import ImageLoadError, load_image
     from ddetr.registry import DATASETS
     try:
@@ -93,6 +94,7 @@ def main(argv=None):
         sys.exit(f'show_predictions: {e}')
     dataset = DATASETS.build(model.cfg.test_dataloader.dataset)
     classes = dataset.metainfo['classes']
+    pipeline = build_test_pipeline(model.cfg)  # once, for every image
 
     pairs = []
     for index in range(min(args.num_images, len(dataset))):
@@ -101,7 +103,7 @@ def main(argv=None):
             img = load_image(info['img_path'])
         except ImageLoadError as e:
             sys.exit(f'show_predictions: {e}')
-        sample = inference_detector(model, img)
+        sample = inference_detector(model, img, pipeline)
         gt = [(inst['bbox'], inst['bbox_label']) for inst in info['instances']
               if not inst.get('ignore_flag', 0)]
         pred = sample.pred_instances
