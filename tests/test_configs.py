@@ -163,3 +163,24 @@ def test_schedule_and_augmentation_follow_the_paper():
     assert crop_branch[1].crop_size == (384, 600) and crop_branch[2] == resize[0]
     assert cfg.model.data_preprocessor.pad_size_divisor == 1
     assert cfg.model.backbone.frozen_stages == 1 and cfg.model.backbone.norm_eval
+
+
+def test_quickstart_replaces_the_coco_settings_it_inherits():
+    """The quick start inherits Table 1's two-stage model; the pretrained, partly frozen
+    backbone at lr x 0.1 and the COCO data and epochs of that config must not leak in."""
+    cfg, model = build(config_path('quickstart/ddetr_tiny_synthetic.py'))
+    base = Config.fromfile(config_path('ddetr_r50_refine_twostage.py'))
+    assert cfg.model.bbox_head.loss_cls == base.model.bbox_head.loss_cls
+    assert cfg.model.train_cfg == base.model.train_cfg
+    assert model.with_box_refine and model.as_two_stage
+    assert cfg.model.backbone.frozen_stages == -1 and not cfg.model.backbone.norm_eval
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lrs = {id(p): group['lr'] for group in wrapper.optimizer.param_groups
+           for p in group['params']}
+    for name, p in model.named_parameters():
+        slow = 'sampling_offsets' in name or 'reference_points' in name
+        assert lrs[id(p)] == pytest.approx(4e-5 if slow else 4e-4), name
+    assert 'batch_sampler' not in cfg.train_dataloader
+    assert 'backend_args' not in cfg.train_dataloader.dataset
+    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=1800, val_interval=1800)
