@@ -163,9 +163,9 @@ class MultiScaleDeformableAttention(BaseModule):
         # Locations are computed on the flat (M * L * K * 2) layout of the offsets, where
         # the factors broadcast over leading dims only (a 6-d broadcast whose innermost
         # size is 2 runs several times slower on CPU).
-        dtype = torch.promote_types(offsets.dtype, reference_points.dtype)
-        offsets = offsets.to(dtype)
-        reference_points = reference_points.to(dtype)
+        loc_dtype = torch.promote_types(offsets.dtype, reference_points.dtype)
+        offsets = offsets.to(loc_dtype)
+        reference_points = reference_points.to(loc_dtype)
 
         def per_point(t: Tensor) -> Tensor:
             # (bs, nq, L, 2) -> (bs, nq, M, L, K, 2) -> (bs, nq, M * L * K * 2)
@@ -174,7 +174,7 @@ class MultiScaleDeformableAttention(BaseModule):
 
         if reference_points.shape[-1] == 2:
             # offsets in pixels of each level: loc = p + dp / (W_l, H_l)
-            inv_size = 1.0 / spatial_shapes.flip(-1).to(dtype)  # (L, 2) as (1 / W, 1 / H)
+            inv_size = 1.0 / spatial_shapes.flip(-1).to(loc_dtype)  # (L, 2) as (1 / W, 1 / H)
             # (L, 2) -> (M, L, K, 2) -> (M * L * K * 2,)
             inv_size = inv_size[None, :, None, :].expand(num_heads, -1, num_points, -1).flatten()
             locations = torch.addcmul(per_point(reference_points), offsets, inv_size)
@@ -187,9 +187,9 @@ class MultiScaleDeformableAttention(BaseModule):
         locations = locations.view(bs, num_queries, num_heads, num_levels, num_points, 2)
 
         # the op needs one dtype; sample in the wider one (float32 under mixed precision)
-        dtype = torch.promote_types(value.dtype, locations.dtype)
-        output = ms_deform_attn(value.to(dtype), spatial_shapes, level_start_index,
-                                locations.to(dtype), weights.to(dtype), self.im2col_step)
+        op_dtype = torch.promote_types(value.dtype, locations.dtype)
+        output = ms_deform_attn(value.to(op_dtype), spatial_shapes, level_start_index,
+                                locations.to(op_dtype), weights.to(op_dtype), self.im2col_step)
         return self.output_proj(output)
 
     def _level_shares(self, query_levels: Optional[Tensor], num_queries: int,
