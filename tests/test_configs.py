@@ -62,7 +62,8 @@ def test_configs_exist():
 def test_config_builds(path):
     cfg, model = build(path)
     assert cfg.default_scope == 'ddetr'
-    assert type(model).__name__ == 'DeformableDETR'
+    detr = osp.relpath(path, ROOT).startswith(osp.join('configs', 'quickstart', 'detr', ''))
+    assert type(model).__name__ == ('DETR' if detr else 'DeformableDETR')
     if 'tta_model' in cfg:
         tta = MODELS.build(dict(cfg.tta_model, module=model))
         assert type(tta).__name__ == 'DetTTAModel'
@@ -184,3 +185,99 @@ def test_quickstart_replaces_the_coco_settings_it_inherits():
     assert 'batch_sampler' not in cfg.train_dataloader
     assert 'backend_args' not in cfg.train_dataloader.dataset
     assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=1800, val_interval=1800)
+
+
+# ---------------------------------------------------------------- the mini sweep (issue 9)
+QUICKSTART = config_path('quickstart/ddetr_tiny_synthetic.py')
+MINI_SCHEDULE = config_path('quickstart/_mini_sweep_schedule.py')
+MINI_ROWS = sorted(glob.glob(config_path('quickstart/table1/*.py')) +
+                   glob.glob(config_path('quickstart/table2/*.py')) +
+                   glob.glob(config_path('quickstart/detr/*.py')))
+SHARED = ('train_cfg', 'param_scheduler', 'randomness', 'train_dataloader', 'val_dataloader',
+          'test_dataloader', 'val_evaluator', 'test_evaluator', 'optim_wrapper',
+          'default_hooks', 'env_cfg', 'auto_scale_lr')
+
+
+def test_mini_sweep_rows_share_seed_data_schedule_and_evaluation():
+    assert [osp.relpath(p, config_path('quickstart')) for p in MINI_ROWS] == [
+        'detr/detr_tiny.py', 'table1/ddetr_tiny.py', 'table1/ddetr_tiny_refine.py',
+        'table1/ddetr_tiny_refine_twostage.py', 'table2/ddetr_tiny_bifpn.py',
+        'table2/ddetr_tiny_fpn.py', 'table2/ddetr_tiny_ms_attention_k4.py',
+        'table2/ddetr_tiny_ms_inputs_k1.py', 'table2/ddetr_tiny_ms_inputs_k4.py',
+        'table2/ddetr_tiny_single_scale_k1.py']
+    knob = Config.fromfile(MINI_SCHEDULE)
+    quickstart = Config.fromfile(QUICKSTART)
+    # the knob: validation every 20 % (curves), LR drop at 80 %, a checkpoint per validation
+    assert knob.max_iters == knob.train_cfg.max_iters == quickstart.train_cfg.max_iters
+    assert knob.train_cfg.val_interval * 5 == knob.max_iters
+    assert knob.param_scheduler[1].milestones == [int(knob.max_iters * 0.8)]
+    assert knob.default_hooks.checkpoint.interval == knob.train_cfg.val_interval
+    assert knob.default_hooks.logger.log_metric_by_epoch is False
+    for key in SHARED:
+        if key not in ('train_cfg', 'param_scheduler', 'default_hooks'):
+            assert knob[key] == quickstart[key], key
+    for path in MINI_ROWS:
+        cfg = Config.fromfile(path)
+        for key in SHARED:
+            assert cfg[key] == knob[key], (path, key)
+        own = own_settings(path)
+        assert not set(own) & set(SHARED) and 'max_iters' not in own, path
+
+
+def _plain_mini_model():
+    return Config.fromfile(config_path('quickstart/table1/ddetr_tiny.py')).model
+
+
+def test_mini_table1_rows_are_the_quickstart_model_without_and_with_its_variants():
+    quickstart = Config.fromfile(QUICKSTART).model
+    plain = _plain_mini_model()
+    assert not plain.with_box_refine and not plain.as_two_stage
+    assert dict(plain, with_box_refine=True, as_two_stage=True) == quickstart
+    refine = Config.fromfile(config_path('quickstart/table1/ddetr_tiny_refine.py')).model
+    assert refine == dict(plain, with_box_refine=True)
+    two = Config.fromfile(config_path('quickstart/table1/ddetr_tiny_refine_twostage.py'))
+    assert two.model == quickstart
+
+
+@pytest.mark.parametrize('row', ['single_scale_k1', 'ms_inputs_k1', 'ms_inputs_k4',
+                                 'ms_attention_k4', 'fpn', 'bifpn'])
+def test_mini_table2_rows_change_what_the_full_scale_rows_change(row):
+    """Each miniature row sets exactly the switches of its full-scale configs/table2 row,
+    on the plain Deformable DETR (as the full-scale rows do on ddetr_r50.py)."""
+    full = own_settings(config_path(f'table2/ddetr_r50_{row}.py'))
+    mini_path = config_path(f'quickstart/table2/ddetr_tiny_{row}.py')
+    mini = own_settings(mini_path)
+    assert mini.get('model') == full.get('model')
+    assert mini['_base_'] == '../table1/ddetr_tiny.py'
+    cfg = Config.fromfile(mini_path)
+    expected = Config(dict(model=_plain_mini_model()))
+    expected.merge_from_dict(dict(model=full.get('model') or {}))
+    assert cfg.model == expected.model
+
+
+def test_mini_detr_is_mmdets_detr_at_the_same_sizes():
+    register_all_modules()
+    cfg = Config.fromfile(config_path('quickstart/detr/detr_tiny.py'))
+    ddetr = Config.fromfile(QUICKSTART).model
+    detr = cfg.model
+    assert detr._scope_ == 'mmdet' and detr.type == 'DETR'
+    assert detr.num_queries == ddetr.num_queries
+    assert detr.data_preprocessor == ddetr.data_preprocessor
+    for key in ('depth', 'base_channels', 'frozen_stages', 'norm_cfg', 'norm_eval', 'init_cfg'):
+        assert detr.backbone[key] == ddetr.backbone[key], key
+    assert detr.backbone.out_indices == (3, )  # DETR: C5 only
+    assert detr.neck.in_channels == ddetr.neck.in_channels[-1:]
+    assert detr.bbox_head.num_classes == ddetr.bbox_head.num_classes
+    assert detr.bbox_head.embed_dims == detr.neck.out_channels == ddetr.bbox_head.embed_dims
+    for part in ('encoder', 'decoder'):
+        ours, theirs = ddetr[part], detr[part]
+        assert theirs.num_layers == ours.num_layers
+        assert theirs.layer_cfg.self_attn_cfg.num_heads == ours.layer_cfg.num_heads
+        assert theirs.layer_cfg.self_attn_cfg.attn_drop == ours.layer_cfg.dropout
+        assert theirs.layer_cfg.ffn_cfg.feedforward_channels == \
+            ours.layer_cfg.feedforward_channels
+    model = MODELS.build(detr)
+    import mmdet.models
+    assert type(model) is mmdet.models.DETR
+    assert type(model.bbox_head) is mmdet.models.DETRHead
+    assert model.bbox_head.num_classes == 6 and model.num_queries == 50

@@ -1,7 +1,9 @@
 """tools/sweep.py on tiny fake configs and fake result files; no model is built."""
 import importlib.util
 import json
+import os
 import os.path as osp
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -82,12 +84,13 @@ def test_table_from_fake_results(table2):
     table = sweep.make_table(sweep.build_rows(configs, str(work)))
     lines = table.splitlines()
     assert lines[0] == ('| config | MS inputs | MS attention | K | FPNs | '
-                        'AP | AP50 | AP75 | APs | APm | APl |')
+                        'AP | AP50 | AP75 | APs | APm | APl | train time | params | FPS |')
     assert _row(table, 'a_single_scale') == [
-        '`a_single_scale`', '', '', '4', 'w/o', '43.8', '62.7', '47.7', '26.1', '47.4', '59.4']
+        '`a_single_scale`', '', '', '4', 'w/o', '43.8', '62.7', '47.7', '26.1', '47.4', '59.4',
+        '–', '–', '–']
     assert _row(table, 'b_ms_inputs_only')[1:6] == ['✓', '', '4', 'w/o', '43.8']
     assert _row(table, 'c_k1')[1:6] == ['✓', '✓', '1', 'w/o', '30.0']  # newest validation
-    assert _row(table, 'd_fpn')[1:] == ['✓', '✓', '4', 'FPN', '**failed**'] + ['–'] * 5
+    assert _row(table, 'd_fpn')[1:] == ['✓', '✓', '4', 'FPN', '**failed**'] + ['–'] * 8
     assert _row(table, 'e_bifpn')[4:6] == ['BiFPN', '**missing**']
     assert _row(table, 'f_never_run')[5] == '**missing**'
     assert '- `d_fpn`: failed (train exited with code 1)' in lines
@@ -164,7 +167,7 @@ def test_sequential_run_with_fake_scripts(tmp_path):
     (tmp_path / 'test.py').write_text(FAKE_TEST)
     work = tmp_path / 'work'
     argv = [str(cfg), '--work-dir', str(work), '--train-script', str(tmp_path / 'train.py'),
-            '--test-script', str(tmp_path / 'test.py')]
+            '--test-script', str(tmp_path / 'test.py'), '--no-complexity']
     assert sweep.main(argv) == 1  # one run failed
     table = (work / 'table.md').read_text()
     assert _row(table, 'good')[5:8] == ['50.0', '70.0', '–']
@@ -196,7 +199,7 @@ def test_printed_commands_run_in_bash(tmp_path, capsys):
     (tmp_path / 'test.py').write_text(FAKE_TEST)
     work = tmp_path / 'work'
     argv = [str(cfg), '--work-dir', str(work), '--train-script', str(tmp_path / 'train.py'),
-            '--test-script', str(tmp_path / 'test.py')]
+            '--test-script', str(tmp_path / 'test.py'), '--no-complexity']
     assert sweep.main(argv + ['--print-commands']) == 0
     for line in capsys.readouterr().out.strip().splitlines():
         subprocess.run(['bash', '-c', line], check=True)
@@ -204,3 +207,148 @@ def test_printed_commands_run_in_bash(tmp_path, capsys):
     rows = {r['name']: r for r in sweep.build_rows(sweep.find_configs([str(cfg)]), str(work))}
     assert rows['good']['status'] == 'ok' and rows['good']['metrics']['bbox_mAP'] == 0.5
     assert rows['bad']['status'] == 'failed'
+
+
+# A train script that logs its calls; for a config containing 'interrupt' its first call
+# saves a checkpoint and a validation at 50%, then kills the sweep and itself (a machine
+# going down mid-run); for 'raises' it fails with a traceback.
+LOGGING_TRAIN = """\
+import json, os, signal, sys
+config, work_dir = sys.argv[1], sys.argv[sys.argv.index('--work-dir') + 1]
+with open(os.environ['CALLS'], 'a') as f:
+    f.write(os.path.basename(config) + ' ' + ' '.join(sys.argv[2:]) + '\\n')
+text = open(config).read()
+if 'raises' in text:
+    print('Traceback (most recent call last):')
+    print("ValueError: model.num_points: 0 is not >= 1")
+    print('more output after the error')
+    sys.exit(1)
+os.makedirs(work_dir, exist_ok=True)
+def save(it):
+    with open(os.path.join(work_dir, f'iter_{it}.pth'), 'w') as f:
+        f.write('')
+    with open(os.path.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(os.path.join(work_dir, f'iter_{it}.pth'))
+marker = os.path.join(work_dir, 'interrupted_once')
+if 'interrupt' in text and not os.path.exists(marker):
+    save(5)
+    vis = os.path.join(work_dir, '20240101_000000', 'vis_data')
+    os.makedirs(vis)
+    with open(os.path.join(vis, 'scalars.json'), 'w') as f:
+        f.write(json.dumps({'coco/bbox_mAP': 0.1, 'step': 5}) + '\\n')
+    open(marker, 'w').close()
+    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+assert '--resume' not in sys.argv or os.path.exists(marker), 'resumed a fresh run'
+save(10)
+"""
+
+
+def test_sweep_resumes_after_an_interruption(tmp_path):
+    cfg = tmp_path / 'configs'
+    cfg.mkdir()
+    (cfg / 'a_done.py').write_text(_model())
+    (cfg / 'b_killed.py').write_text(_model() + "note = 'interrupt'\n")
+    (cfg / 'c_raises.py').write_text(_model() + "note = 'raises'\n")
+    (cfg / 'd_after.py').write_text(_model())
+    (tmp_path / 'train.py').write_text(LOGGING_TRAIN)
+    (tmp_path / 'test.py').write_text(FAKE_TEST)
+    work, calls = tmp_path / 'work', tmp_path / 'calls.txt'
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'sweep.py'), str(cfg),
+           '--work-dir', str(work), '--train-script', str(tmp_path / 'train.py'),
+           '--test-script', str(tmp_path / 'test.py'), '--no-complexity']
+    env = dict(os.environ, CALLS=str(calls))
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == -9  # the sweep was killed while b trained
+    assert (work / 'a_done' / 'metrics.json').is_file()
+    assert not (work / 'b_killed' / 'TRAINED').exists()
+    assert not (work / 'd_after').exists()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1, second.stdout + second.stderr  # c_raises failed
+    lines = calls.read_text().splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == ['a_done.py', 'b_killed.py', 'b_killed.py', 'c_raises.py', 'd_after.py']
+    assert '--resume' not in lines[0] and '--resume' not in lines[1]
+    assert lines[2].endswith('--resume')  # the killed run goes on from its checkpoint
+    assert 'a_done: has metrics, skipped' in second.stdout
+    table = (work / 'table.md').read_text()
+    assert _row(table, 'a_done')[5] == '50.0' and _row(table, 'b_killed')[5] == '50.0'
+    assert _row(table, 'd_after')[5] == '50.0'  # the sweep went on after the failure
+    assert _row(table, 'c_raises')[5] == '**failed**'
+    reason = 'train exited with code 1: ValueError: model.num_points: 0 is not >= 1'
+    assert f'- `c_raises`: failed ({reason})' in table
+    assert (work / 'c_raises' / 'sweep_train.log').read_text().startswith('Traceback')
+    times = json.loads((work / 'b_killed' / 'sweep_times.json').read_text())
+    assert times['train_s'] > 0  # the resumed part's time (the killed part was not saved)
+
+    # a third call: everything with metrics is skipped, only the failed run is retried
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 1
+    assert [line.split()[0] for line in calls.read_text().splitlines()][5:] == ['c_raises.py']
+
+
+def test_trained_run_goes_on_with_the_test(tmp_path):
+    """Training finished (TRAINED) but the test did not: no second training."""
+    cfg = tmp_path / 'configs'
+    cfg.mkdir()
+    (cfg / 'a.py').write_text(_model())
+    (tmp_path / 'train.py').write_text('raise SystemExit("must not train again")\n')
+    (tmp_path / 'test.py').write_text(FAKE_TEST)
+    run_dir = tmp_path / 'work' / 'a'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'iter_10.pth').write_text('')
+    (run_dir / 'last_checkpoint').write_text(str(run_dir / 'iter_10.pth'))
+    (run_dir / 'TRAINED').write_text('')
+    assert sweep.main([str(cfg), '--work-dir', str(tmp_path / 'work'), '--no-complexity',
+                       '--train-script', str(tmp_path / 'train.py'),
+                       '--test-script', str(tmp_path / 'test.py')]) == 0
+    assert sweep.collect(str(run_dir))[:2] == ('ok', {'bbox_mAP': 0.5, 'bbox_mAP_50': 0.7})
+
+
+def test_print_commands_for_slurm(table2, capsys):
+    cfg, work = table2
+    assert sweep.main([str(cfg / 'c_k1.py'), str(cfg / 'd_fpn.py'), '--work-dir', str(work),
+                       '--print-commands', '--launcher', 'slurm', '--partition', 'gpu',
+                       '--gpus', '4', '--sbatch-args=--time=1-0']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    run_dir = str(work / 'c_k1')
+    prefix, wrapped = lines[0].split(' --wrap ')
+    assert prefix == (f'mkdir -p {run_dir} && sbatch --job-name=c_k1 '
+                      f'--output={run_dir}/slurm-%j.out --nodes=1 --ntasks=4 '
+                      '--ntasks-per-node=4 --gres=gpu:4 --cpus-per-task=5 --partition=gpu '
+                      '--time=1-0')
+    (script,) = shlex.split(wrapped)  # one quoted batch script
+    assert script.startswith(f'[ -f {run_dir}/metrics.json ] || ')
+    assert f"srun {sys.executable} {REPO}/tools/train.py {cfg / 'c_k1.py'} --work-dir " \
+           f'{run_dir} --launcher slurm --resume' in script
+    assert f'srun {sys.executable} {REPO}/tools/test.py {cfg / "c_k1.py"} ' \
+           f'"$(cat {run_dir}/last_checkpoint)" --work-dir {run_dir} --launcher slurm' in script
+    assert '--device cuda' in script and f'> {run_dir}/FAILED' in script
+    assert '--job-name=d_fpn' in lines[1]
+    # bash parses the batch script (syntax only, nothing runs)
+    subprocess.run(['bash', '-n', '-c', script], check=True)
+
+
+def test_slurm_launcher_needs_print_commands(table2):
+    cfg, work = table2
+    with pytest.raises(SystemExit):
+        sweep.main([str(cfg), '--work-dir', str(work), '--launcher', 'slurm'])
+
+
+def test_detector_column_for_table1_rows(tmp_path):
+    rows = [dict(name=n, detector=d, ms_inputs=True, ms_attention=True, num_points=4,
+                 fpn='w/o', status='missing', metrics=None, note='no work dir')
+            for n, d in (('plain', 'DeformableDETR'), ('two', 'DeformableDETR + two-stage'))]
+    rows[0].update(status='ok', metrics={'bbox_mAP': 0.25}, train_s=600.0, params=2.5e6,
+                   fps=12.34)
+    table = sweep.make_table(rows)
+    assert table.splitlines()[0].startswith('| config | detector | MS inputs |')
+    assert _row(table, 'plain')[1] == 'DeformableDETR'
+    assert _row(table, 'plain')[-3:] == ['10.0 min', '2.50M', '12.3']
+    assert _row(table, 'two')[1] == 'DeformableDETR + two-stage'
+    assert sweep.read_detector(dict(model=dict(type='mmdet.DETR'))) == 'DETR'
+    assert sweep.read_detector(dict(model=dict(type='DeformableDETR', with_box_refine=True,
+                                               as_two_stage=True))) == \
+        'DeformableDETR + refine + two-stage'

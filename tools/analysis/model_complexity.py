@@ -31,7 +31,9 @@ runs after one warm-up; --fps-iters 0 skips it. Random weights: no checkpoint an
 pretrained backbone are needed, nothing is downloaded.
 """
 import argparse
+import json
 import logging
+import os
 import os.path as osp
 import statistics
 import sys
@@ -68,6 +70,11 @@ def parse_args(argv=None):
     parser.add_argument('--fps-iters', type=int, default=5,
                         help='timed inference runs after one warm-up (0: skip FPS)')
     parser.add_argument('--device', default='cpu', help='device of the FPS measurement')
+    parser.add_argument('--no-flops', action='store_true',
+                        help='skip the FLOP count (the jit trace); params and FPS only')
+    parser.add_argument('--out-json', metavar='FILE', default=None,
+                        help='also write params, FLOPs and FPS to this JSON file '
+                        '(tools/sweep.py reads it)')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
                         help='override config keys, e.g. model.num_queries=100')
     args = parser.parse_args(argv)
@@ -217,14 +224,17 @@ def measure_fps(model: nn.Module, shape: Sequence[int], iters: int, device='cpu'
 
 # ------------------------------------------------------------------------------- main
 def analyse(config, shape=(800, 1333), num_classes=None, fps_iters=5, device='cpu',
-            cfg_options=None, log=print) -> Dict[str, object]:
-    """Build the model (random weights, no download) and measure everything."""
+            cfg_options=None, log=print, with_flops=True) -> Dict[str, object]:
+    """Build the model (random weights, no download) and measure everything
+    (``flops`` is ``None`` with ``with_flops=False``)."""
     from ddetr.apis import build_detector, load_config
     cfg = load_config(config, cfg_options, num_classes)
     model = build_detector(cfg).eval()
     params = count_parameters(model)
-    log(f'counting FLOPs at {shape[0]}x{shape[1]} (jit trace of one forward)...')
-    flops = count_flops(model, shape)
+    flops = None
+    if with_flops:
+        log(f'counting FLOPs at {shape[0]}x{shape[1]} (jit trace of one forward)...')
+        flops = count_flops(model, shape)
     fps = None
     if fps_iters > 0:
         log(f'timing inference on {device}, {torch.get_num_threads()} threads, '
@@ -244,6 +254,12 @@ def format_table(result: Dict[str, object]) -> str:
     params, flops = result['params'], result['flops']
     height, width = result['shape']
     fps = 'skipped' if result['fps'] is None else f'{result["fps"]:.2f}'
+    if flops is None:
+        flops = dict(total=0, deform_attn=0, by_module={})
+        total_flops = deform_flops = 'skipped'
+    else:
+        total_flops, deform_flops = format_flops(flops['total']), format_flops(
+            flops['deform_attn'])
     lines = [
         f'{result["config"]} ({result["num_classes"]} classes), input {height}x{width}, '
         f'batch 1',
@@ -252,7 +268,7 @@ def format_table(result: Dict[str, object]) -> str:
         f'of which ms_deform_attn | FPS ({result["device"]}, {result["threads"]} threads) |',
         '|---:|---:|---:|---:|---:|---:|',
         f'| {params["all"]:,} | {params["trainable"]:,} | {params["original"]:,} | '
-        f'{format_flops(flops["total"])} | {format_flops(flops["deform_attn"])} | {fps} |',
+        f'{total_flops} | {deform_flops} | {fps} |',
         '',
         'FLOPs by part: ' + ', '.join(f'{k} {format_flops(v)}'
                                       for k, v in flops['by_module'].items()),
@@ -268,12 +284,23 @@ def main(argv=None) -> int:
     logging.getLogger('mmengine').setLevel(logging.ERROR)
     try:
         result = analyse(args.config, args.shape, args.num_classes, args.fps_iters,
-                         args.device, args.cfg_options, log=lambda m: print(m, flush=True))
+                         args.device, args.cfg_options, log=lambda m: print(m, flush=True),
+                         with_flops=not args.no_flops)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print()
     print(format_table(result))
+    if args.out_json:
+        flops = result['flops']
+        record = dict(config=result['config'], shape=list(result['shape']),
+                      params=result['params'], fps=result['fps'], device=result['device'],
+                      threads=result['threads'],
+                      flops=None if flops is None else flops['total'])
+        os.makedirs(osp.dirname(osp.abspath(args.out_json)), exist_ok=True)
+        with open(args.out_json, 'w') as f:
+            json.dump(record, f, indent=2)
+        print(f'written to {args.out_json}')
     return 0
 
 
