@@ -281,3 +281,56 @@ def test_mini_detr_is_mmdets_detr_at_the_same_sizes():
     assert type(model) is mmdet.models.DETR
     assert type(model.bbox_head) is mmdet.models.DETRHead
     assert model.bbox_head.num_classes == 6 and model.num_queries == 50
+
+
+TRAIN_TWO_ITERS = r'''
+import json, sys
+from mmengine.config import Config
+from mmengine.runner import Runner
+from ddetr.utils import register_all_modules
+register_all_modules(init_scope=False)
+data_root, work, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+synthetic = dict(num_train=4, num_val=2, seed=1, min_side=64, max_side=96, max_objects=3)
+for path in paths:
+    cfg = Config.fromfile(path)
+    name = path.split('/')[-1][:-3]
+    cfg.merge_from_dict({
+        'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
+        'train_dataloader.persistent_workers': False,
+        'train_dataloader.dataset.data_root': data_root,
+        'train_dataloader.dataset.synthetic': synthetic,
+        'train_cfg.max_iters': 2, 'default_hooks.logger.interval': 1,
+        'default_hooks.checkpoint.interval': 1000,
+        'visualizer.name': 'vis_' + name,
+        'visualizer.vis_backends': [dict(type='LocalVisBackend')]})
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
+    cfg.work_dir = f'{work}/{name}'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    print('TRAINED', json.dumps(dict(name=name, iter=runner.iter,
+                                     model=type(runner.model).__name__)), flush=True)
+'''
+
+
+def test_mini_sweep_configs_train_two_iterations(tmp_path):
+    """Every miniature row (its real model, optimizer and schedule) builds and trains 2
+    iterations, all in one process on a few tiny generated images."""
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run(
+        [sys.executable, '-c', TRAIN_TWO_ITERS, str(tmp_path / 'data') + '/',
+         str(tmp_path / 'work')] + MINI_ROWS, cwd=ROOT, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    done = [json.loads(line.split(' ', 1)[1]) for line in proc.stdout.splitlines()
+            if line.startswith('TRAINED ')]
+    assert [d['name'] for d in done] == [osp.basename(p)[:-3] for p in MINI_ROWS]
+    assert all(d['iter'] == 2 for d in done)
+    assert {d['model'] for d in done} == {'DETR', 'DeformableDETR'}
+    for d in done:  # both iterations logged a finite loss
+        (scalars,) = glob.glob(str(tmp_path / 'work' / d['name'] / '*' / 'vis_data' /
+                                   'scalars.json'))
+        losses = [json.loads(line)['loss'] for line in open(scalars)]
+        assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses))), d['name']

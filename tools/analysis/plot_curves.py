@@ -116,8 +116,10 @@ def available(records: Dict[int, dict]) -> List[str]:
 
 def plot(run_dirs: List[str], out: str, metric: Optional[str] = None,
          keys: Optional[List[str]] = None, x: str = 'iter',
-         labels: Optional[List[str]] = None, title: Optional[str] = None) -> str:
-    """Draw the figure into ``out``; a run without the metric/key raises ``KeyError``
+         labels: Optional[List[str]] = None, title: Optional[str] = None
+         ) -> Dict[str, Tuple[List[float], List[float]]]:
+    """Draw the figure into ``out``; returns the curves drawn, ``{legend label: (xs,
+    ys)}`` (ys as in the log, not x100). A run without the metric/key raises ``KeyError``
     naming it and the ones the run has."""
     import matplotlib
     matplotlib.use('Agg')  # files only, no display
@@ -126,6 +128,7 @@ def plot(run_dirs: List[str], out: str, metric: Optional[str] = None,
     validation = not keys  # a validation metric, else training log keys
     keys = [metric or 'coco/bbox_mAP'] if validation else list(keys)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn: Dict[str, Tuple[List[float], List[float]]] = {}
     for i, run_dir in enumerate(run_dirs):
         train, val = read_run(run_dir)
         records, kind = (val, 'validation') if validation else (train, 'training')
@@ -140,6 +143,7 @@ def plot(run_dirs: List[str], out: str, metric: Optional[str] = None,
                                f'have: {", ".join(available(records)) or "nothing"}')
             scale = 100.0 if validation and 'mAP' in key else 1.0  # AP in percent
             name = label if len(keys) == 1 else f'{label}: {key}'
+            drawn[name] = (xs, ys)
             ax.plot(xs, [y * scale for y in ys], marker='o' if validation else None,
                     markersize=4, label=name)
     ax.set_xlabel('training iterations' if x == 'iter' else 'training epochs')
@@ -154,19 +158,21 @@ def plot(run_dirs: List[str], out: str, metric: Optional[str] = None,
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
-    return out
+    return drawn
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        out = plot(args.run_dirs, args.out, metric=args.metric, keys=args.keys, x=args.x,
-                   labels=args.labels, title=args.title)
+        drawn = plot(args.run_dirs, args.out, metric=args.metric, keys=args.keys, x=args.x,
+                     labels=args.labels, title=args.title)
     except (FileNotFoundError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f'plot_curves.py: error: {message}', file=sys.stderr)
         return 1
-    print(f'written to {out}')
+    for name, (xs, ys) in drawn.items():
+        print(f'{name}: {len(xs)} points, last {ys[-1]:.4g} at {xs[-1]:g}')
+    print(f'written to {args.out}')
     return 0
 
 
