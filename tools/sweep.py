@@ -53,7 +53,8 @@ result contract (the first that exists wins):
                                   the last validation during training
   otherwise the run is "missing". Metrics are in [0, 1] and shown x100.
   WORK_DIR/NAME/sweep_times.json  {"train_s": ..., "test_s": ...} wall times the sweep
-                                  measured (summed over resumed parts); "train time"
+                                  measured (summed over resumed parts, a killed part
+                                  counted up to its last 30 s); "train time"
   WORK_DIR/NAME/complexity.json   params and FPS (tools/analysis/model_complexity.py)
 
 a failed run shows as **failed** with its reason (the exit code and the last error line of
@@ -428,11 +429,13 @@ def shell_line(config: str, run_dir: str, args) -> str:
 ERROR_LINE = re.compile(r'^(\w+\.)*\w*(Error|Exception|Interrupt)\b|\berror:|^Killed')
 
 
-def _run_logged(cmd: List[str], log_path: str) -> Tuple[int, str]:
+def _run_logged(cmd: List[str], log_path: str, on_progress=None) -> Tuple[int, str]:
     """Run ``cmd`` from the repository root, its output echoed and written to
-    ``log_path``. Returns the exit code and the last error-looking line of the output
-    (an exception, ``...: error: ...``), else its last line."""
+    ``log_path``; ``on_progress(seconds so far)`` is called at most every 30 s while it
+    prints. Returns the exit code and the last error-looking line of the output (an
+    exception, ``...: error: ...``), else its last line."""
     tail: collections.deque = collections.deque(maxlen=200)
+    start = last_report = time.time()
     with open(log_path, 'a') as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors='replace')
@@ -442,7 +445,13 @@ def _run_logged(cmd: List[str], log_path: str) -> Tuple[int, str]:
                 log.write(line)
                 if line.strip():
                     tail.append(line.strip())
+                if on_progress is not None and time.time() - last_report > 30:
+                    last_report = time.time()
+                    log.flush()
+                    on_progress(last_report - start)
             code = proc.wait()
+            if on_progress is not None:
+                on_progress(time.time() - start)
         except BaseException:  # Ctrl-C: stop the child too, keep its checkpoints
             proc.kill()
             proc.wait()
@@ -452,12 +461,19 @@ def _run_logged(cmd: List[str], log_path: str) -> Tuple[int, str]:
     return code, (errors or list(tail) or [''])[-1]
 
 
-def _add_time(run_dir: str, key: str, seconds: float) -> None:
+def _time_recorder(run_dir: str, key: str):
+    """A callback that records ``seconds`` of this part on top of what earlier parts (a
+    run resumed after a kill) took, in ``run_dir/sweep_times.json``."""
     path = osp.join(run_dir, 'sweep_times.json')
-    times = _read_json(path) or {}
-    times[key] = float(times.get(key) or 0.0) + seconds
-    with open(path, 'w') as f:
-        json.dump(times, f, indent=2)
+    before = float((_read_json(path) or {}).get(key) or 0.0)
+
+    def record(seconds: float) -> None:
+        times = _read_json(path) or {}
+        times[key] = before + seconds
+        with open(path + '.tmp', 'w') as f:
+            json.dump(times, f, indent=2)
+        os.replace(path + '.tmp', path)  # a kill never leaves half a file
+    return record
 
 
 def run_one(config: str, run_dir: str, args) -> None:
@@ -486,9 +502,8 @@ def run_one(config: str, run_dir: str, args) -> None:
         if resume:
             print(f'[sweep] {name}: resuming the interrupted training', flush=True)
         print(f"[sweep] {' '.join(train)}", flush=True)
-        start = time.time()
-        code, reason = _run_logged(train, osp.join(run_dir, 'sweep_train.log'))
-        _add_time(run_dir, 'train_s', time.time() - start)
+        code, reason = _run_logged(train, osp.join(run_dir, 'sweep_train.log'),
+                                   _time_recorder(run_dir, 'train_s'))
         if code != 0:
             return fail('train', code, reason)
         open(trained, 'w').close()
@@ -500,9 +515,8 @@ def run_one(config: str, run_dir: str, args) -> None:
     if not args.skip_test:
         test = [checkpoint if a == '{checkpoint}' else a for a in test]
         print(f"[sweep] {' '.join(test)}", flush=True)
-        start = time.time()
-        code, reason = _run_logged(test, osp.join(run_dir, 'sweep_test.log'))
-        _add_time(run_dir, 'test_s', time.time() - start)
+        code, reason = _run_logged(test, osp.join(run_dir, 'sweep_test.log'),
+                                   _time_recorder(run_dir, 'test_s'))
         if code != 0:
             return fail('test', code, reason)
     complexity = complexity_command(config, run_dir, args)
@@ -546,7 +560,8 @@ def parse_args(argv=None):
                    help='slurm: GPUs = tasks of one run, one node (default: %(default)s)')
     p.add_argument('--cpus-per-task', type=int, default=5,
                    help='slurm: CPUs per task (default: %(default)s)')
-    p.add_argument('--sbatch-args', default='', help='extra sbatch arguments, e.g. --sbatch-args="--time=2-0 --qos=high"')
+    p.add_argument('--sbatch-args', default='',
+                   help='extra sbatch arguments, e.g. --sbatch-args="--time=2-0 --qos=high"')
     p.add_argument('--train-script', default=osp.join(REPO, 'tools', 'train.py'),
                    help='training entry point (default: tools/train.py)')
     p.add_argument('--test-script', default=osp.join(REPO, 'tools', 'test.py'),

@@ -152,6 +152,19 @@ def test_complexity_cli(tiny_config, capsys):
     assert 'config missing.py does not exist' in capsys.readouterr().err
 
 
+def test_complexity_json_without_flops(tmp_path, capsys):
+    """What tools/sweep.py runs for its params/FPS columns, also on mmdet's DETR."""
+    config = osp.join(ROOT, 'configs', 'quickstart', 'detr', 'detr_tiny.py')
+    out = tmp_path / 'complexity.json'
+    assert model_complexity.main([config, '--no-flops', '--shape', '64', '96',
+                                  '--fps-iters', '1', '--out-json', str(out)]) == 0
+    assert 'counting FLOPs' not in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record['flops'] is None and record['fps'] > 0 and record['shape'] == [64, 96]
+    assert record['params']['all'] == model_complexity.count_parameters(
+        build_detector(load_config(config)))['all']
+
+
 # ---------------------------------------------------------------- vis_sampling_points
 class RecordOp(torch.utils._python_dispatch.TorchDispatchMode):
     """Sees every call of the compiled op at the dispatcher, independently of the tool."""
