@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ddetr.registry import MODELS
 from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
                       MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
-from ..utils import inverse_sigmoid
+from ..utils import geometry_dtype, inverse_sigmoid
 
 
 def _derive(cfg: dict, key: str, value, owner: str, where: str) -> None:
@@ -251,7 +251,7 @@ class DeformableDETR(BaseDetector):
         spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1),
                                        spatial_shapes.prod(1).cumsum(0)[:-1]])
-        valid_ratios = torch.stack(mlvl_ratios, 1).to(mlvl_feats[0].dtype)  # (bs, L, 2)
+        valid_ratios = torch.stack(mlvl_ratios, 1)  # (bs, L, 2), float32 (geometry)
         memory_mask = torch.cat(mlvl_masks, 1)  # (bs, num_keys)
         encoder_inputs = dict(query=torch.cat(mlvl_flat, 1), query_pos=torch.cat(mlvl_pos, 1),
                               key_padding_mask=memory_mask, spatial_shapes=spatial_shapes,
@@ -287,7 +287,12 @@ class DeformableDETR(BaseDetector):
             query_pos, query = self.query_embedding.weight.split(self.embed_dims, dim=1)
             query_pos = query_pos[None].expand(bs, -1, -1)
             query = query[None].expand(bs, -1, -1)
-            reference_points = self.reference_points_fc(query_pos).sigmoid()  # (bs, nq, 2)
+            # geometry: in float32 outside autocast (the embedding is a float32 parameter)
+            dtype = geometry_dtype(query_pos.dtype)
+            with torch.autocast(query_pos.device.type, enabled=False):
+                reference_points = F.linear(
+                    query_pos.to(dtype), self.reference_points_fc.weight.to(dtype),
+                    self.reference_points_fc.bias.to(dtype)).sigmoid()  # (bs, nq, 2)
             return dict(query=query, query_pos=query_pos,
                         reference_points=reference_points), {}
 
@@ -300,9 +305,10 @@ class DeformableDETR(BaseDetector):
                                                                  spatial_shapes)
         encoder_layer = self.decoder.num_layers  # the head's extra (last) branches
         enc_outputs_class = self.bbox_head.cls_branches[encoder_layer](output_memory)
-        # A.4: b_i = sigma(delta_i + sigma^-1(proposal_i)), kept unnormalized here
-        enc_outputs_unact = (self.bbox_head.reg_branches[encoder_layer](output_memory) +
-                             output_proposals)  # (bs, num_keys, 4)
+        # A.4: b_i = sigma(delta_i + sigma^-1(proposal_i)), kept unnormalized here; the
+        # sum in logit space is geometry: float32 like the proposals
+        delta = self.bbox_head.reg_branches[encoder_layer](output_memory)  # (bs, num_keys, 4)
+        enc_outputs_unact = delta.to(output_proposals.dtype) + output_proposals
         # top-k by the class-agnostic "object" score (channel 0), no NMS (Sec. 4.2). As in
         # the original release, padded and invalid pixels are not excluded: their zeroed
         # memory gives them all one score, and a picked one starts from the whole image
@@ -328,8 +334,10 @@ class DeformableDETR(BaseDetector):
         +inf (sigmoid 1) and their memory zeroed before Linear + LayerNorm.
 
         Returns output_memory (bs, num_keys, C) and output_proposals (bs, num_keys, 4)
-        unnormalized (cx, cy, w, h)."""
+        unnormalized (cx, cy, w, h), float32 (float64 for a float64 memory) whatever the
+        memory's dtype: proposals are geometry."""
         bs = memory.shape[0]
+        dtype = geometry_dtype(memory.dtype)
         mlvl_proposals = []
         start = 0
         for level, (height, width) in enumerate(spatial_shapes.tolist()):
@@ -337,9 +345,9 @@ class DeformableDETR(BaseDetector):
             mask = memory_mask[:, start:start + height * width].view(bs, height, width)
             valid_h = (~mask[:, :, 0]).sum(1)  # (bs,)
             valid_w = (~mask[:, 0, :]).sum(1)
-            scale = torch.stack([valid_w, valid_h], -1).to(memory.dtype).view(bs, 1, 1, 2)
-            ys = torch.arange(height, dtype=memory.dtype, device=memory.device)
-            xs = torch.arange(width, dtype=memory.dtype, device=memory.device)
+            scale = torch.stack([valid_w, valid_h], -1).to(dtype).view(bs, 1, 1, 2)
+            ys = torch.arange(height, dtype=dtype, device=memory.device)
+            xs = torch.arange(width, dtype=dtype, device=memory.device)
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
             grid = torch.stack([grid_x, grid_y], -1)  # (H, W, 2) as (x, y)
             centers = (grid[None] + 0.5) / scale  # (bs, H, W, 2)
@@ -350,7 +358,8 @@ class DeformableDETR(BaseDetector):
         proposals = torch.cat(mlvl_proposals, 1)  # (bs, num_keys, 4)
         valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
         invalid = memory_mask[..., None] | ~valid  # (bs, num_keys, 1)
-        output_proposals = inverse_sigmoid(proposals).masked_fill(invalid, float('inf'))
+        with torch.autocast(memory.device.type, enabled=False):
+            output_proposals = inverse_sigmoid(proposals).masked_fill(invalid, float('inf'))
         output_memory = memory.masked_fill(invalid, 0.0)
         output_memory = self.memory_trans_norm(self.memory_trans_fc(output_memory))
         return output_memory, output_proposals

@@ -8,6 +8,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ddetr.registry import MODELS
+from ..utils import geometry_dtype
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
 
 
@@ -93,8 +94,8 @@ class DeformableDetrTransformerEncoder(BaseModule):
         Returns:
             memory (bs, num_keys, C)
         """
+        # float32 whatever the features' dtype (geometry; see MultiScaleDeformableAttention)
         reference_points = self.get_reference_points(spatial_shapes, valid_ratios)
-        reference_points = reference_points.to(query.dtype)
         # level of every query pixel, for multi-scale attention off: (num_keys,)
         query_levels = torch.repeat_interleave(
             torch.arange(len(spatial_shapes), device=query.device),
@@ -118,12 +119,14 @@ class DeformableDetrTransformerEncoder(BaseModule):
             valid_ratios: (bs, L, 2) (r_w, r_h).
 
         Returns:
-            (bs, num_keys, L, 2) normalized (x, y).
+            (bs, num_keys, L, 2) normalized (x, y), float32 (float64 for float64 ratios).
         """
+        dtype = geometry_dtype(valid_ratios.dtype)
+        valid_ratios = valid_ratios.to(dtype)
         mlvl_points = []
         for level, (height, width) in enumerate(spatial_shapes.tolist()):
-            ys = torch.arange(height, dtype=torch.float32, device=valid_ratios.device) + 0.5
-            xs = torch.arange(width, dtype=torch.float32, device=valid_ratios.device) + 0.5
+            ys = torch.arange(height, dtype=dtype, device=valid_ratios.device) + 0.5
+            xs = torch.arange(width, dtype=dtype, device=valid_ratios.device) + 0.5
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing='ij')  # (H, W) each
             # (1, H*W) / (bs, 1) -> (bs, H*W)
             ref_y = ref_y.reshape(1, -1) / (valid_ratios[:, level, 1:2] * height)
