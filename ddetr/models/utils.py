@@ -1,5 +1,7 @@
 """Small tensor helpers shared by the model: inverse sigmoid, box formats, and the
 cross-process average of the loss normalizer. Pure functions of tensors."""
+from typing import List, Tuple
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -13,6 +15,14 @@ def geometry_dtype(*dtypes: torch.dtype) -> torch.dtype:
     for dtype in dtypes:
         result = torch.promote_types(result, dtype)
     return result
+
+
+def level_shapes(spatial_shapes) -> List[Tuple[int, int]]:
+    """The (H, W) of every level as Python ints, from a list of pairs (as is, no device
+    access) or from an (L, 2) tensor (read back once: a device sync on GPU)."""
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(height), int(width)) for height, width in spatial_shapes]
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

@@ -2,7 +2,7 @@
 refinement, two-stage) and the ablation switches of Table 2."""
 import copy
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ddetr.registry import MODELS
 from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
                       MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
-from ..utils import geometry_dtype, inverse_sigmoid
+from ..utils import geometry_dtype, inverse_sigmoid, level_shapes
 
 
 def _derive(cfg: dict, key: str, value, owner: str, where: str) -> None:
@@ -202,8 +202,9 @@ class DeformableDETR(BaseDetector):
         mlvl_feats = self.extract_feat(batch_inputs)
         encoder_inputs, decoder_inputs = self.pre_transformer(mlvl_feats, masks)
         memory = self.forward_encoder(**encoder_inputs)
-        query_inputs, head_inputs = self.pre_decoder(memory, decoder_inputs['memory_mask'],
-                                                     decoder_inputs['spatial_shapes'])
+        query_inputs, head_inputs = self.pre_decoder(
+            memory=memory, memory_mask=decoder_inputs['memory_mask'],
+            spatial_shapes=encoder_inputs['mlvl_shapes'])
         head_inputs.update(self.forward_decoder(memory=memory, **query_inputs,
                                                 **decoder_inputs))
         return head_inputs
@@ -235,7 +236,9 @@ class DeformableDETR(BaseDetector):
                         masks: Tensor) -> Tuple[Dict, Dict]:
         """Per level: the mask resized (nearest) to the map, the sine positional encoding of
         the unpadded region plus the level embedding, and the valid ratios; then all levels
-        flattened and concatenated (num_keys = sum_l H_l W_l)."""
+        flattened and concatenated (num_keys = sum_l H_l W_l). The levels' (H, W) are also
+        kept as Python ints (``mlvl_shapes``, from the maps' shapes), so nothing downstream
+        reads ``spatial_shapes`` back from the device."""
         mlvl_flat, mlvl_pos, mlvl_masks, mlvl_shapes, mlvl_ratios = [], [], [], [], []
         for level, feat in enumerate(mlvl_feats):
             bs, channels, height, width = feat.shape
@@ -249,13 +252,16 @@ class DeformableDETR(BaseDetector):
             mlvl_ratios.append(self.valid_ratios(mask))  # (bs, 2)
         device = mlvl_feats[0].device
         spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
-        level_start_index = torch.cat([spatial_shapes.new_zeros(1),
-                                       spatial_shapes.prod(1).cumsum(0)[:-1]])
+        mlvl_starts = [0]
+        for height, width in mlvl_shapes[:-1]:
+            mlvl_starts.append(mlvl_starts[-1] + height * width)
+        level_start_index = torch.as_tensor(mlvl_starts, dtype=torch.int64, device=device)
         valid_ratios = torch.stack(mlvl_ratios, 1)  # (bs, L, 2), float32 (geometry)
         memory_mask = torch.cat(mlvl_masks, 1)  # (bs, num_keys)
         encoder_inputs = dict(query=torch.cat(mlvl_flat, 1), query_pos=torch.cat(mlvl_pos, 1),
                               key_padding_mask=memory_mask, spatial_shapes=spatial_shapes,
-                              level_start_index=level_start_index, valid_ratios=valid_ratios)
+                              level_start_index=level_start_index, valid_ratios=valid_ratios,
+                              mlvl_shapes=mlvl_shapes)
         decoder_inputs = dict(memory_mask=memory_mask, spatial_shapes=spatial_shapes,
                               level_start_index=level_start_index, valid_ratios=valid_ratios)
         return encoder_inputs, decoder_inputs
@@ -271,17 +277,22 @@ class DeformableDETR(BaseDetector):
 
     def forward_encoder(self, query: Tensor, query_pos: Tensor, key_padding_mask: Tensor,
                         spatial_shapes: Tensor, level_start_index: Tensor,
-                        valid_ratios: Tensor) -> Tensor:
+                        valid_ratios: Tensor,
+                        mlvl_shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
         """-> memory (bs, num_keys, C)."""
-        return self.encoder(query, query_pos, spatial_shapes, level_start_index, valid_ratios,
-                            key_padding_mask)
+        return self.encoder(query=query, query_pos=query_pos, spatial_shapes=spatial_shapes,
+                            level_start_index=level_start_index, valid_ratios=valid_ratios,
+                            key_padding_mask=key_padding_mask, mlvl_shapes=mlvl_shapes)
 
     def pre_decoder(self, memory: Tensor, memory_mask: Tensor,
-                    spatial_shapes: Tensor) -> Tuple[Dict, Dict]:
+                    spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]]
+                    ) -> Tuple[Dict, Dict]:
         """Object queries (query, query_pos: (bs, nq, C)) and their initial reference:
         single-stage, learned embeddings and 2-d points sigmoid(Linear(query_pos)) (Sec. 4.1);
         two-stage, the top-scoring encoder proposals as 4-d boxes whose positional
-        embedding gives the queries (A.4). Returns (decoder inputs, head inputs)."""
+        embedding gives the queries (A.4). ``spatial_shapes``: the levels' (H, W) as Python
+        ints, or an (L, 2) tensor (read back from the device). Returns (decoder inputs,
+        head inputs)."""
         bs = memory.shape[0]
         if not self.as_two_stage:
             query_pos, query = self.query_embedding.weight.split(self.embed_dims, dim=1)
@@ -301,8 +312,8 @@ class DeformableDETR(BaseDetector):
             raise ValueError(f'DeformableDETR (two-stage): the encoder has {num_keys} pixels, '
                              f'fewer than num_queries={self.num_queries} proposals to pick; '
                              f'use larger images or fewer queries')
-        output_memory, output_proposals = self.encoder_proposals(memory, memory_mask,
-                                                                 spatial_shapes)
+        output_memory, output_proposals = self.encoder_proposals(
+            memory=memory, memory_mask=memory_mask, spatial_shapes=spatial_shapes)
         encoder_layer = self.decoder.num_layers  # the head's extra (last) branches
         enc_outputs_class = self.bbox_head.cls_branches[encoder_layer](output_memory)
         # A.4: b_i = sigma(delta_i + sigma^-1(proposal_i)), kept unnormalized here; the
@@ -327,7 +338,8 @@ class DeformableDETR(BaseDetector):
                     reference_points=reference_points), head_inputs
 
     def encoder_proposals(self, memory: Tensor, memory_mask: Tensor,
-                          spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
+                          spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]]
+                          ) -> Tuple[Tensor, Tensor]:
         """A.4's first stage: one proposal per encoder pixel i of level l, centred on the
         pixel (normalized to the unpadded image) with size 0.05 * 2^l, in sigma^-1 space.
         Proposals outside (0.01, 0.99) in any coordinate and those on padding are invalid:
@@ -340,7 +352,7 @@ class DeformableDETR(BaseDetector):
         dtype = geometry_dtype(memory.dtype)
         mlvl_proposals = []
         start = 0
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
             # (bs, H*W) -> (bs, H, W)
             mask = memory_mask[:, start:start + height * width].view(bs, height, width)
             valid_h = (~mask[:, :, 0]).sum(1)  # (bs,)
@@ -370,8 +382,9 @@ class DeformableDETR(BaseDetector):
         """-> hidden_states (num_layers, bs, nq, C) and references: the reference each
         layer used (the initial one, then each layer's refined box when refining)."""
         hidden_states, inter_references = self.decoder(
-            query, query_pos, reference_points, memory, spatial_shapes, level_start_index,
-            valid_ratios, memory_mask,
+            query=query, query_pos=query_pos, reference_points=reference_points, memory=memory,
+            spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            valid_ratios=valid_ratios, memory_mask=memory_mask,
             reg_branches=self.bbox_head.reg_branches if self.with_box_refine else None)
         references: List[Tensor] = [reference_points] + list(inter_references[:-1])
         return dict(hidden_states=hidden_states, references=references)

@@ -253,3 +253,35 @@ def test_initialization(build_detector):
         linear1 = model.encoder.layers[0].linear1.weight
         assert linear1.abs().max() <= math.sqrt(6 / sum(linear1.shape))  # xavier
         model.init_weights()
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_forward_reads_no_tensor_back_from_the_device(variant, build_detector, batch_of,
+                                                      monkeypatch):
+    """The levels' (H, W) come from the maps' shapes as Python ints: neither the encoder's
+    reference points nor the two-stage proposals call ``.tolist()`` / ``.item()`` (a device
+    sync on GPU). The op, which checks its arguments on its own, is stubbed out here."""
+    import ddetr.models.layers.multi_scale_deformable_attention as msda_module
+    model = build_detector(variant).eval()
+    inputs, samples = batch_of(model, SHAPES, training=False)
+
+    def op_stub(value, spatial_shapes, level_start_index, sampling_locations, *args):
+        bs, num_queries, num_heads = sampling_locations.shape[:3]
+        return value.new_zeros(bs, num_queries, num_heads * value.shape[-1])
+
+    reads = []
+
+    def no_read(name):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, **kwargs):
+            reads.append((name, tuple(self.shape)))
+            return original(self, *args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(msda_module, 'ms_deform_attn', op_stub)
+    for name in ('tolist', 'item'):
+        monkeypatch.setattr(torch.Tensor, name, no_read(name))
+    with torch.no_grad():
+        model._forward(inputs, samples)
+    assert reads == []
