@@ -366,5 +366,9 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
         assert results['peak_mb'][impl]['train'] > 0
     assert results['max_difference']['logits'] < 1e-4
     assert results['max_difference']['boxes'] < 1e-4
+    # training peak with activation checkpointing, next to the peak without it
+    assert results['with_cp']['train_peak_mb'] > 0
+    assert results['with_cp']['without_train_peak_mb'] == results['peak_mb']['ddetr']['train']
+    assert 'activation checkpointing (with_cp=True' in out
     assert benchmark_model.main([str(tmp_path / 'nope.py')]) == 1
     assert 'does not exist' in capsys.readouterr().err
