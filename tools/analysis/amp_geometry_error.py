@@ -49,19 +49,9 @@ def parse_args(argv=None):
 
 
 def build_model(args):
-    from mmengine.config import Config
-
-    from ddetr.registry import MODELS
-    from ddetr.utils import register_all_modules
-    register_all_modules()
-    cfg = Config.fromfile(args.config)
-    torch.manual_seed(args.seed)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
-        model.load_state_dict(state.get('state_dict', state))
-    return model.to(args.device).eval()
+    """The config's detector in eval mode: --checkpoint loaded, or its training init."""
+    from ddetr.apis import init_detector
+    return init_detector(args.config, args.checkpoint, device=args.device, seed=args.seed)
 
 
 def record_locations(model, inputs, autocast_dtype=None) -> List[dict]:

@@ -35,6 +35,12 @@ class MultiScaleDeformableAttention(BaseModule):
     Padded keys (``key_padding_mask`` True) have their projected values zeroed, so they
     contribute nothing however they are sampled.
 
+    Precision: the geometry (reference points, the offset projection ``sampling_offsets``,
+    the sampling locations) is float32 (float64 for a float64 model) in every precision
+    mode, autocast included; only the value projection and the attention weights follow
+    the features' (possibly half) precision. The op receives float32 locations, with the
+    values and weights widened to them.
+
     Multi-scale attention off (``multi_scale=False``, Table 2's "MS attention" column):
     the attention weights are normalized per level (softmax over the K points of one level)
     instead of jointly over the L*K points, and each level's share is fixed rather than
