@@ -285,3 +285,29 @@ def test_forward_reads_no_tensor_back_from_the_device(variant, build_detector, b
     with torch.no_grad():
         model._forward(inputs, samples)
     assert reads == []
+
+
+def test_with_cp_from_the_config_keeps_losses_and_gradients(detector_cfg, batch_of):
+    """``with_cp=True`` in the encoder's and decoder's ``layer_cfg`` (two-stage with
+    refinement, dropout on): the same losses and gradients as without it."""
+    results = []
+    for with_cp in (False, True):
+        cfg = detector_cfg('twostage', dropout=0.1)
+        for coder in ('encoder', 'decoder'):
+            cfg[coder]['layer_cfg']['with_cp'] = with_cp
+        torch.manual_seed(0)
+        model = DeformableDETR(**cfg).train()
+        assert all(layer.with_cp == with_cp
+                   for layer in (*model.encoder.layers, *model.decoder.layers))
+        inputs, samples = batch_of(model, SHAPES)
+        torch.manual_seed(1)
+        losses = model.loss(inputs, samples)
+        sum(losses.values()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()
+                 if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (losses, grads), (losses_cp, grads_cp) = results
+    torch.testing.assert_close(losses_cp, losses)
+    assert grads_cp.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_cp[name], grads[name], msg=name)
