@@ -1,8 +1,28 @@
 """Small tensor helpers shared by the model: inverse sigmoid, box formats, and the
 cross-process average of the loss normalizer. Pure functions of tensors."""
+from typing import List, Tuple
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+def geometry_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype geometry (reference points, valid ratios, proposals, box refinement,
+    sampling locations) is computed in: float32, or float64 when one of ``dtypes`` is.
+    Never a half-precision type, whatever the features' dtype or autocast say."""
+    result = torch.float32
+    for dtype in dtypes:
+        result = torch.promote_types(result, dtype)
+    return result
+
+
+def level_shapes(spatial_shapes) -> List[Tuple[int, int]]:
+    """The (H, W) of every level as Python ints, from a list of pairs (as is, no device
+    access) or from an (L, 2) tensor (read back once: a device sync on GPU)."""
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(height), int(width)) for height, width in spatial_shapes]
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -20,8 +40,16 @@ def offset_boxes(deltas: Tensor, references: Tensor) -> Tensor:
       b = (sigma(delta_xy + sigma^-1(p)), sigma(delta_wh)).
 
     deltas: (..., 4) unnormalized predictions. Returns (..., 4) normalized (cx, cy, w, h).
-    Callers detach ``references`` where the gradient must stop (A.4).
+    Callers detach ``references`` where the gradient must stop (A.4). Computed in float32
+    (or float64, see ``geometry_dtype``) outside autocast, whatever the deltas' dtype:
+    the sum in logit space and the sigmoid are geometry.
     """
+    dtype = geometry_dtype(deltas.dtype, references.dtype)
+    with torch.autocast(deltas.device.type, enabled=False):
+        return _offset_boxes(deltas.to(dtype), references.to(dtype))
+
+
+def _offset_boxes(deltas: Tensor, references: Tensor) -> Tensor:
     if references.shape[-1] == 4:
         return (deltas + inverse_sigmoid(references)).sigmoid()
     if references.shape[-1] != 2:

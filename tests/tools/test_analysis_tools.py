@@ -24,6 +24,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
+import amp_geometry_error  # noqa: E402
 import benchmark_model  # noqa: E402
 import model_complexity  # noqa: E402
 import vis_sampling_points as vis  # noqa: E402
@@ -379,5 +380,23 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
         assert results['peak_mb'][impl]['train'] > 0
     assert results['max_difference']['logits'] < 1e-4
     assert results['max_difference']['boxes'] < 1e-4
+    # training peak with activation checkpointing, next to the peak without it
+    assert results['with_cp']['train_peak_mb'] > 0
+    assert results['with_cp']['without_train_peak_mb'] == results['peak_mb']['ddetr']['train']
+    assert 'activation checkpointing (with_cp=True' in out
     assert benchmark_model.main([str(tmp_path / 'nope.py')]) == 1
     assert 'does not exist' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- amp_geometry_error
+def test_amp_geometry_error_reports_float32_locations_per_level():
+    """The quick-start model under CPU bfloat16 autocast: the op gets float32 locations
+    and the encoder's move by at most 0.01 px on every level (0.08-0.44 px when they
+    followed the features' bfloat16)."""
+    lines = []
+    args = amp_geometry_error.parse_args(['--shape', '128', '192'])
+    results = amp_geometry_error.run(args, log=lines.append)
+    assert set(results) == {'encoder', 'decoder'}
+    assert len(results['encoder']) == 4 and max(results['encoder']) <= 0.01
+    encoder_line, = [line for line in lines if line.startswith('encoder:')]
+    assert 'op got float32 locations' in encoder_line and '16x24' in encoder_line

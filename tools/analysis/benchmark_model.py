@@ -19,6 +19,11 @@ Times: median of --iters runs after one warm-up, the two models alternating. Pea
 how far one run raises the resident set (VmHWM after resetting it through
 /proc/self/clear_refs) above what the process already holds, each model in a fresh
 process. Ratios are mmdet / ddetr; the target is ddetr >= 1.5x faster in both.
+
+Activation checkpointing: ddetr's training peak is also measured (the same way, in a
+fresh process) with ``with_cp=True`` on every encoder and decoder layer, and printed next
+to the peak without it. On a GPU the same comparison is what decides whether a larger
+image or batch fits (there, torch.cuda.max_memory_allocated is the measure to use).
 """
 import argparse
 import copy
@@ -43,6 +48,7 @@ from benchmark_op import _status_kb  # noqa: E402  (reads /proc/self/status)
 
 SPEED_TARGET = 1.5  # mmdet time / ddetr time, training and inference
 IMPLS = ('ddetr', 'mmdet')
+MEMORY_WORKERS = IMPLS + ('ddetr_with_cp',)  # ddetr with with_cp=True on every layer
 NUM_GT = 5
 
 
@@ -65,7 +71,7 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='also write the results to this file')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
                         help='override config keys, e.g. model.num_queries=100')
-    parser.add_argument('--memory-worker', choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument('--memory-worker', choices=MEMORY_WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.shape) < 1 or args.batch_size < 1 or args.iters < 1:
         parser.error('--shape, --batch-size and --iters must be >= 1')
@@ -158,8 +164,11 @@ def memory_worker(args) -> None:
     iteration of one model, each after a warm-up run of the same kind."""
     torch.set_num_threads(args.threads)
     ddetr_model, mmdet_model = build_models(args)
-    model = ddetr_model if args.memory_worker == 'ddetr' else mmdet_model
+    model = mmdet_model if args.memory_worker == 'mmdet' else ddetr_model
     del ddetr_model, mmdet_model
+    if args.memory_worker == 'ddetr_with_cp':
+        for layer in (*model.encoder.layers, *model.decoder.layers):
+            layer.with_cp = True
     workload = Workload(model, *make_batch(args.shape, args.batch_size))
     result = {}
     for phase, run in (('inference', workload.inference), ('train', workload.train_step)):
@@ -214,6 +223,12 @@ def format_report(results: dict) -> str:
     missed = [p for p in ('train', 'inference') if ratios[p] < SPEED_TARGET]
     lines.append('target met: ddetr >= 1.5x faster in both' if not missed else
                  f'target missed: {", ".join(missed)}')
+    with_cp = results.get('with_cp')
+    if with_cp:
+        lines.append(f'activation checkpointing (with_cp=True on every encoder and decoder '
+                     f'layer): ddetr train peak {with_cp["train_peak_mb"]:.0f} MB, '
+                     f'{with_cp["without_train_peak_mb"]:.0f} MB without '
+                     f'({with_cp["saving"]:.2f}x less)')
     return '\n'.join(lines)
 
 
@@ -243,6 +258,11 @@ def run(args, log=print) -> dict:
             log(f'  peak memory of {impl} (fresh process)...')
             memory[impl] = measure_memory(args, impl)
         results['peak_mb'] = memory
+        log('  peak memory of ddetr with with_cp=True (fresh process)...')
+        with_cp = measure_memory(args, 'ddetr_with_cp')['train']
+        results['with_cp'] = dict(train_peak_mb=with_cp,
+                                  without_train_peak_mb=memory['ddetr']['train'],
+                                  saving=memory['ddetr']['train'] / max(with_cp, 1e-9))
         for phase in ('train', 'inference'):
             ratios[f'{phase}_memory'] = memory['mmdet'][phase] / max(memory['ddetr'][phase],
                                                                      1e-9)

@@ -2,7 +2,7 @@
 refinement, two-stage) and the ablation switches of Table 2."""
 import copy
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ddetr.registry import MODELS
 from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
                       MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
-from ..utils import inverse_sigmoid
+from ..utils import geometry_dtype, inverse_sigmoid, level_shapes
 
 
 def _derive(cfg: dict, key: str, value, owner: str, where: str) -> None:
@@ -202,8 +202,9 @@ class DeformableDETR(BaseDetector):
         mlvl_feats = self.extract_feat(batch_inputs)
         encoder_inputs, decoder_inputs = self.pre_transformer(mlvl_feats, masks)
         memory = self.forward_encoder(**encoder_inputs)
-        query_inputs, head_inputs = self.pre_decoder(memory, decoder_inputs['memory_mask'],
-                                                     decoder_inputs['spatial_shapes'])
+        query_inputs, head_inputs = self.pre_decoder(
+            memory=memory, memory_mask=decoder_inputs['memory_mask'],
+            spatial_shapes=encoder_inputs['mlvl_shapes'])
         head_inputs.update(self.forward_decoder(memory=memory, **query_inputs,
                                                 **decoder_inputs))
         return head_inputs
@@ -235,7 +236,9 @@ class DeformableDETR(BaseDetector):
                         masks: Tensor) -> Tuple[Dict, Dict]:
         """Per level: the mask resized (nearest) to the map, the sine positional encoding of
         the unpadded region plus the level embedding, and the valid ratios; then all levels
-        flattened and concatenated (num_keys = sum_l H_l W_l)."""
+        flattened and concatenated (num_keys = sum_l H_l W_l). The levels' (H, W) are also
+        kept as Python ints (``mlvl_shapes``, from the maps' shapes), so nothing downstream
+        reads ``spatial_shapes`` back from the device."""
         mlvl_flat, mlvl_pos, mlvl_masks, mlvl_shapes, mlvl_ratios = [], [], [], [], []
         for level, feat in enumerate(mlvl_feats):
             bs, channels, height, width = feat.shape
@@ -249,13 +252,16 @@ class DeformableDETR(BaseDetector):
             mlvl_ratios.append(self.valid_ratios(mask))  # (bs, 2)
         device = mlvl_feats[0].device
         spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
-        level_start_index = torch.cat([spatial_shapes.new_zeros(1),
-                                       spatial_shapes.prod(1).cumsum(0)[:-1]])
-        valid_ratios = torch.stack(mlvl_ratios, 1).to(mlvl_feats[0].dtype)  # (bs, L, 2)
+        mlvl_starts = [0]
+        for height, width in mlvl_shapes[:-1]:
+            mlvl_starts.append(mlvl_starts[-1] + height * width)
+        level_start_index = torch.as_tensor(mlvl_starts, dtype=torch.int64, device=device)
+        valid_ratios = torch.stack(mlvl_ratios, 1)  # (bs, L, 2), float32 (geometry)
         memory_mask = torch.cat(mlvl_masks, 1)  # (bs, num_keys)
         encoder_inputs = dict(query=torch.cat(mlvl_flat, 1), query_pos=torch.cat(mlvl_pos, 1),
                               key_padding_mask=memory_mask, spatial_shapes=spatial_shapes,
-                              level_start_index=level_start_index, valid_ratios=valid_ratios)
+                              level_start_index=level_start_index, valid_ratios=valid_ratios,
+                              mlvl_shapes=mlvl_shapes)
         decoder_inputs = dict(memory_mask=memory_mask, spatial_shapes=spatial_shapes,
                               level_start_index=level_start_index, valid_ratios=valid_ratios)
         return encoder_inputs, decoder_inputs
@@ -271,23 +277,33 @@ class DeformableDETR(BaseDetector):
 
     def forward_encoder(self, query: Tensor, query_pos: Tensor, key_padding_mask: Tensor,
                         spatial_shapes: Tensor, level_start_index: Tensor,
-                        valid_ratios: Tensor) -> Tensor:
+                        valid_ratios: Tensor,
+                        mlvl_shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
         """-> memory (bs, num_keys, C)."""
-        return self.encoder(query, query_pos, spatial_shapes, level_start_index, valid_ratios,
-                            key_padding_mask)
+        return self.encoder(query=query, query_pos=query_pos, spatial_shapes=spatial_shapes,
+                            level_start_index=level_start_index, valid_ratios=valid_ratios,
+                            key_padding_mask=key_padding_mask, mlvl_shapes=mlvl_shapes)
 
     def pre_decoder(self, memory: Tensor, memory_mask: Tensor,
-                    spatial_shapes: Tensor) -> Tuple[Dict, Dict]:
+                    spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]]
+                    ) -> Tuple[Dict, Dict]:
         """Object queries (query, query_pos: (bs, nq, C)) and their initial reference:
         single-stage, learned embeddings and 2-d points sigmoid(Linear(query_pos)) (Sec. 4.1);
         two-stage, the top-scoring encoder proposals as 4-d boxes whose positional
-        embedding gives the queries (A.4). Returns (decoder inputs, head inputs)."""
+        embedding gives the queries (A.4). ``spatial_shapes``: the levels' (H, W) as Python
+        ints, or an (L, 2) tensor (read back from the device). Returns (decoder inputs,
+        head inputs)."""
         bs = memory.shape[0]
         if not self.as_two_stage:
             query_pos, query = self.query_embedding.weight.split(self.embed_dims, dim=1)
             query_pos = query_pos[None].expand(bs, -1, -1)
             query = query[None].expand(bs, -1, -1)
-            reference_points = self.reference_points_fc(query_pos).sigmoid()  # (bs, nq, 2)
+            # geometry: in float32 outside autocast (the embedding is a float32 parameter)
+            dtype = geometry_dtype(query_pos.dtype)
+            with torch.autocast(query_pos.device.type, enabled=False):
+                reference_points = F.linear(
+                    query_pos.to(dtype), self.reference_points_fc.weight.to(dtype),
+                    self.reference_points_fc.bias.to(dtype)).sigmoid()  # (bs, nq, 2)
             return dict(query=query, query_pos=query_pos,
                         reference_points=reference_points), {}
 
@@ -296,13 +312,14 @@ class DeformableDETR(BaseDetector):
             raise ValueError(f'DeformableDETR (two-stage): the encoder has {num_keys} pixels, '
                              f'fewer than num_queries={self.num_queries} proposals to pick; '
                              f'use larger images or fewer queries')
-        output_memory, output_proposals = self.encoder_proposals(memory, memory_mask,
-                                                                 spatial_shapes)
+        output_memory, output_proposals = self.encoder_proposals(
+            memory=memory, memory_mask=memory_mask, spatial_shapes=spatial_shapes)
         encoder_layer = self.decoder.num_layers  # the head's extra (last) branches
         enc_outputs_class = self.bbox_head.cls_branches[encoder_layer](output_memory)
-        # A.4: b_i = sigma(delta_i + sigma^-1(proposal_i)), kept unnormalized here
-        enc_outputs_unact = (self.bbox_head.reg_branches[encoder_layer](output_memory) +
-                             output_proposals)  # (bs, num_keys, 4)
+        # A.4: b_i = sigma(delta_i + sigma^-1(proposal_i)), kept unnormalized here; the
+        # sum in logit space is geometry: float32 like the proposals
+        delta = self.bbox_head.reg_branches[encoder_layer](output_memory)  # (bs, num_keys, 4)
+        enc_outputs_unact = delta.to(output_proposals.dtype) + output_proposals
         # top-k by the class-agnostic "object" score (channel 0), no NMS (Sec. 4.2). As in
         # the original release, padded and invalid pixels are not excluded: their zeroed
         # memory gives them all one score, and a picked one starts from the whole image
@@ -321,25 +338,28 @@ class DeformableDETR(BaseDetector):
                     reference_points=reference_points), head_inputs
 
     def encoder_proposals(self, memory: Tensor, memory_mask: Tensor,
-                          spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
+                          spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]]
+                          ) -> Tuple[Tensor, Tensor]:
         """A.4's first stage: one proposal per encoder pixel i of level l, centred on the
         pixel (normalized to the unpadded image) with size 0.05 * 2^l, in sigma^-1 space.
         Proposals outside (0.01, 0.99) in any coordinate and those on padding are invalid:
         +inf (sigmoid 1) and their memory zeroed before Linear + LayerNorm.
 
         Returns output_memory (bs, num_keys, C) and output_proposals (bs, num_keys, 4)
-        unnormalized (cx, cy, w, h)."""
+        unnormalized (cx, cy, w, h), float32 (float64 for a float64 memory) whatever the
+        memory's dtype: proposals are geometry."""
         bs = memory.shape[0]
+        dtype = geometry_dtype(memory.dtype)
         mlvl_proposals = []
         start = 0
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
             # (bs, H*W) -> (bs, H, W)
             mask = memory_mask[:, start:start + height * width].view(bs, height, width)
             valid_h = (~mask[:, :, 0]).sum(1)  # (bs,)
             valid_w = (~mask[:, 0, :]).sum(1)
-            scale = torch.stack([valid_w, valid_h], -1).to(memory.dtype).view(bs, 1, 1, 2)
-            ys = torch.arange(height, dtype=memory.dtype, device=memory.device)
-            xs = torch.arange(width, dtype=memory.dtype, device=memory.device)
+            scale = torch.stack([valid_w, valid_h], -1).to(dtype).view(bs, 1, 1, 2)
+            ys = torch.arange(height, dtype=dtype, device=memory.device)
+            xs = torch.arange(width, dtype=dtype, device=memory.device)
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
             grid = torch.stack([grid_x, grid_y], -1)  # (H, W, 2) as (x, y)
             centers = (grid[None] + 0.5) / scale  # (bs, H, W, 2)
@@ -350,7 +370,8 @@ class DeformableDETR(BaseDetector):
         proposals = torch.cat(mlvl_proposals, 1)  # (bs, num_keys, 4)
         valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
         invalid = memory_mask[..., None] | ~valid  # (bs, num_keys, 1)
-        output_proposals = inverse_sigmoid(proposals).masked_fill(invalid, float('inf'))
+        with torch.autocast(memory.device.type, enabled=False):
+            output_proposals = inverse_sigmoid(proposals).masked_fill(invalid, float('inf'))
         output_memory = memory.masked_fill(invalid, 0.0)
         output_memory = self.memory_trans_norm(self.memory_trans_fc(output_memory))
         return output_memory, output_proposals
@@ -361,8 +382,9 @@ class DeformableDETR(BaseDetector):
         """-> hidden_states (num_layers, bs, nq, C) and references: the reference each
         layer used (the initial one, then each layer's refined box when refining)."""
         hidden_states, inter_references = self.decoder(
-            query, query_pos, reference_points, memory, spatial_shapes, level_start_index,
-            valid_ratios, memory_mask,
+            query=query, query_pos=query_pos, reference_points=reference_points, memory=memory,
+            spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            valid_ratios=valid_ratios, memory_mask=memory_mask,
             reg_branches=self.bbox_head.reg_branches if self.with_box_refine else None)
         references: List[Tensor] = [reference_points] + list(inter_references[:-1])
         return dict(hidden_states=hidden_states, references=references)

@@ -5,17 +5,17 @@ cross-attention around their reference points; optionally each layer refines the
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ddetr.registry import MODELS
 from ..utils import offset_boxes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
+from .transformer_layer import DeformableDetrTransformerLayerBase
 
 
 @MODELS.register_module()
-class DeformableDetrTransformerDecoderLayer(BaseModule):
+class DeformableDetrTransformerDecoderLayer(DeformableDetrTransformerLayerBase):
     """Post-norm decoder layer, in this order:
     self-attention -> norm1, deformable cross-attention -> norm2, FFN -> norm3
     (each with dropout and a residual connection). The positional query embedding is added
@@ -29,13 +29,14 @@ class DeformableDetrTransformerDecoderLayer(BaseModule):
         multi_scale (bool): multi-scale cross-attention on/off.
         feedforward_channels (int): hidden channels of the FFN.
         dropout (float): dropout probability (also on the self-attention weights).
+        with_cp (bool): activation checkpointing (see DeformableDetrTransformerLayerBase).
     """
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
                  num_points: int = 4, multi_scale: bool = True,
                  feedforward_channels: int = 1024, dropout: float = 0.1,
-                 init_cfg=None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 with_cp: bool = False, init_cfg=None) -> None:
+        super().__init__(with_cp=with_cp, init_cfg=init_cfg)
         self.embed_dims = embed_dims
         self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout,
                                                batch_first=True)
@@ -46,25 +47,32 @@ class DeformableDetrTransformerDecoderLayer(BaseModule):
             num_points=num_points, multi_scale=multi_scale)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
-        self.linear1 = nn.Linear(embed_dims, feedforward_channels)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(feedforward_channels, embed_dims)
-        self.dropout4 = nn.Dropout(dropout)
+        self.build_ffn(embed_dims=embed_dims, feedforward_channels=feedforward_channels,
+                       dropout=dropout)
         self.norm3 = nn.LayerNorm(embed_dims)
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+    def forward(self, *, query: Tensor, query_pos: Tensor, reference_points: Tensor,
                 memory: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                 memory_mask: Optional[Tensor] = None) -> Tensor:
         """query, query_pos: (bs, num_queries, C); reference_points: (bs, num_queries, L, 2|4);
         memory: (bs, num_keys, C); memory_mask: (bs, num_keys). Returns (bs, num_queries, C)."""
+        return self.run(self._forward, query=query, query_pos=query_pos,
+                        reference_points=reference_points, memory=memory,
+                        spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                        memory_mask=memory_mask)
+
+    def _forward(self, *, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+                 memory: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                 memory_mask: Optional[Tensor]) -> Tensor:
         q = k = query + query_pos
         attn = self.self_attn(q, k, query, need_weights=False)[0]
         query = self.norm1(query + self.dropout1(attn))
-        attn = self.cross_attn(query + query_pos, reference_points, memory, spatial_shapes,
-                               level_start_index, memory_mask)
+        attn = self.cross_attn(query=query + query_pos, reference_points=reference_points,
+                               value=memory, spatial_shapes=spatial_shapes,
+                               level_start_index=level_start_index,
+                               key_padding_mask=memory_mask)
         query = self.norm2(query + self.dropout2(attn))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(query))))
-        return self.norm3(query + self.dropout4(ffn))
+        return self.forward_ffn(query, self.norm3)
 
 
 @MODELS.register_module()
@@ -96,7 +104,7 @@ class DeformableDetrTransformerDecoder(BaseModule):
             DeformableDetrTransformerDecoderLayer(**layer_cfg) for _ in range(num_layers))
         self.embed_dims = self.layers[0].embed_dims
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+    def forward(self, *, query: Tensor, query_pos: Tensor, reference_points: Tensor,
                 memory: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                 valid_ratios: Tensor, memory_mask: Optional[Tensor] = None,
                 reg_branches: Optional[nn.ModuleList] = None) -> Tuple[Tensor, Tensor]:
@@ -124,8 +132,9 @@ class DeformableDetrTransformerDecoder(BaseModule):
                 scale = valid_ratios  # (bs, L, 2)
             # (bs, nq, 1, 2|4) * (bs, 1, L, 2|4) -> (bs, nq, L, 2|4)
             reference_input = reference_points[:, :, None] * scale[:, None]
-            query = layer(query, query_pos, reference_input, memory, spatial_shapes,
-                          level_start_index, memory_mask)
+            query = layer(query=query, query_pos=query_pos, reference_points=reference_input,
+                          memory=memory, spatial_shapes=spatial_shapes,
+                          level_start_index=level_start_index, memory_mask=memory_mask)
             if reg_branches is not None:
                 # A.4: b^d = sigma(delta^d + sigma^-1(b^(d-1))), the next layer's reference;
                 # detached: the gradient is blocked at sigma^-1(b^(d-1)) of the next layer

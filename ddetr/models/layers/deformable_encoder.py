@@ -1,18 +1,19 @@
 """The deformable Transformer encoder (Sec. 4.1): every pixel of every level is a query
 whose reference point is the pixel itself; keys are the pixels of all levels."""
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ddetr.registry import MODELS
+from ..utils import geometry_dtype, level_shapes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
+from .transformer_layer import DeformableDetrTransformerLayerBase
 
 
 @MODELS.register_module()
-class DeformableDetrTransformerEncoderLayer(BaseModule):
+class DeformableDetrTransformerEncoderLayer(DeformableDetrTransformerLayerBase):
     """Post-norm encoder layer: x = norm1(x + MSDeformAttn(x + pos, ...)), then
     x = norm2(x + FFN(x)), with dropout after the attention and inside/after the FFN.
 
@@ -24,36 +25,44 @@ class DeformableDetrTransformerEncoderLayer(BaseModule):
         multi_scale (bool): multi-scale attention on/off (see MultiScaleDeformableAttention).
         feedforward_channels (int): hidden channels of the FFN.
         dropout (float): dropout probability.
+        with_cp (bool): activation checkpointing (see DeformableDetrTransformerLayerBase).
     """
 
     def __init__(self, *, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
                  num_points: int = 4, multi_scale: bool = True,
                  feedforward_channels: int = 1024, dropout: float = 0.1,
-                 init_cfg=None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 with_cp: bool = False, init_cfg=None) -> None:
+        super().__init__(with_cp=with_cp, init_cfg=init_cfg)
         self.embed_dims = embed_dims
         self.self_attn = MultiScaleDeformableAttention(
             embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
             num_points=num_points, multi_scale=multi_scale)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.linear1 = nn.Linear(embed_dims, feedforward_channels)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(feedforward_channels, embed_dims)
-        self.dropout3 = nn.Dropout(dropout)
+        self.build_ffn(embed_dims=embed_dims, feedforward_channels=feedforward_channels,
+                       dropout=dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+    def forward(self, *, query: Tensor, query_pos: Tensor, reference_points: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor,
                 key_padding_mask: Optional[Tensor] = None,
                 query_levels: Optional[Tensor] = None) -> Tensor:
-        """query, query_pos: (bs, num_keys, C); reference_points: (bs, num_keys, L, 2).
-        Returns (bs, num_keys, C)."""
-        attn = self.self_attn(query + query_pos, reference_points, query, spatial_shapes,
-                              level_start_index, key_padding_mask, query_levels)
+        """query, query_pos: (bs, num_keys, C); reference_points: (bs, num_keys, L, 2);
+        the rest as in MultiScaleDeformableAttention. Returns (bs, num_keys, C)."""
+        return self.run(self._forward, query=query, query_pos=query_pos,
+                        reference_points=reference_points, spatial_shapes=spatial_shapes,
+                        level_start_index=level_start_index,
+                        key_padding_mask=key_padding_mask, query_levels=query_levels)
+
+    def _forward(self, *, query: Tensor, query_pos: Tensor, reference_points: Tensor,
+                 spatial_shapes: Tensor, level_start_index: Tensor,
+                 key_padding_mask: Optional[Tensor], query_levels: Optional[Tensor]) -> Tensor:
+        attn = self.self_attn(query=query + query_pos, reference_points=reference_points,
+                              value=query, spatial_shapes=spatial_shapes,
+                              level_start_index=level_start_index,
+                              key_padding_mask=key_padding_mask, query_levels=query_levels)
         query = self.norm1(query + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(query))))
-        return self.norm2(query + self.dropout3(ffn))
+        return self.forward_ffn(query, self.norm2)
 
 
 @MODELS.register_module()
@@ -78,9 +87,10 @@ class DeformableDetrTransformerEncoder(BaseModule):
         self.embed_dims = self.layers[0].embed_dims if num_layers else layer_cfg.get(
             'embed_dims', 256)
 
-    def forward(self, query: Tensor, query_pos: Tensor, spatial_shapes: Tensor,
+    def forward(self, *, query: Tensor, query_pos: Tensor, spatial_shapes: Tensor,
                 level_start_index: Tensor, valid_ratios: Tensor,
-                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+                key_padding_mask: Optional[Tensor] = None,
+                mlvl_shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
         """
         Args:
             query: (bs, num_keys, C) flattened maps of all levels.
@@ -89,23 +99,29 @@ class DeformableDetrTransformerEncoder(BaseModule):
             level_start_index: (L,) int64.
             valid_ratios: (bs, L, 2) unpadded fraction (w, h) of each level's map.
             key_padding_mask: (bs, num_keys) bool, True on padded pixels.
+            mlvl_shapes: the same (H, W) as Python ints (the detector has them from the
+                maps' shapes); without them ``spatial_shapes`` is read back from the
+                device once.
 
         Returns:
             memory (bs, num_keys, C)
         """
-        reference_points = self.get_reference_points(spatial_shapes, valid_ratios)
-        reference_points = reference_points.to(query.dtype)
+        mlvl_shapes = level_shapes(spatial_shapes if mlvl_shapes is None else mlvl_shapes)
+        # float32 whatever the features' dtype (geometry; see MultiScaleDeformableAttention)
+        reference_points = self.get_reference_points(mlvl_shapes, valid_ratios)
         # level of every query pixel, for multi-scale attention off: (num_keys,)
-        query_levels = torch.repeat_interleave(
-            torch.arange(len(spatial_shapes), device=query.device),
-            spatial_shapes.prod(1).to(query.device))
+        query_levels = torch.cat([
+            torch.full((height * width,), level, dtype=torch.int64, device=query.device)
+            for level, (height, width) in enumerate(mlvl_shapes)])
         for layer in self.layers:
-            query = layer(query, query_pos, reference_points, spatial_shapes,
-                          level_start_index, key_padding_mask, query_levels)
+            query = layer(query=query, query_pos=query_pos, reference_points=reference_points,
+                          spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                          key_padding_mask=key_padding_mask, query_levels=query_levels)
         return query
 
     @staticmethod
-    def get_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+    def get_reference_points(spatial_shapes: Union[Tensor, Sequence[Tuple[int, int]]],
+                             valid_ratios: Tensor) -> Tensor:
         """Each pixel's own centre as its reference point, on every level.
 
         The centre (j + 0.5, i + 0.5) of pixel (i, j) of level l is normalized by the
@@ -114,16 +130,18 @@ class DeformableDetrTransformerEncoder(BaseModule):
         ratios. For unpadded images this is just ((j + 0.5) / W_l, (i + 0.5) / H_l).
 
         Args:
-            spatial_shapes: (L, 2) int64 (H, W).
+            spatial_shapes: (L, 2) int64 (H, W), or L (H, W) Python ints.
             valid_ratios: (bs, L, 2) (r_w, r_h).
 
         Returns:
-            (bs, num_keys, L, 2) normalized (x, y).
+            (bs, num_keys, L, 2) normalized (x, y), float32 (float64 for float64 ratios).
         """
+        dtype = geometry_dtype(valid_ratios.dtype)
+        valid_ratios = valid_ratios.to(dtype)
         mlvl_points = []
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
-            ys = torch.arange(height, dtype=torch.float32, device=valid_ratios.device) + 0.5
-            xs = torch.arange(width, dtype=torch.float32, device=valid_ratios.device) + 0.5
+        for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
+            ys = torch.arange(height, dtype=dtype, device=valid_ratios.device) + 0.5
+            xs = torch.arange(width, dtype=dtype, device=valid_ratios.device) + 0.5
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing='ij')  # (H, W) each
             # (1, H*W) / (bs, 1) -> (bs, H*W)
             ref_y = ref_y.reshape(1, -1) / (valid_ratios[:, level, 1:2] * height)

@@ -3,11 +3,13 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ddetr.ops import ms_deform_attn
 from ddetr.registry import MODELS
+from ..utils import geometry_dtype
 
 
 @MODELS.register_module()
@@ -32,6 +34,12 @@ class MultiScaleDeformableAttention(BaseModule):
 
     Padded keys (``key_padding_mask`` True) have their projected values zeroed, so they
     contribute nothing however they are sampled.
+
+    Precision: the geometry (reference points, the offset projection ``sampling_offsets``,
+    the sampling locations) is float32 (float64 for a float64 model) in every precision
+    mode, autocast included; only the value projection and the attention weights follow
+    the features' (possibly half) precision. The op receives float32 locations, with the
+    values and weights widened to them.
 
     Multi-scale attention off (``multi_scale=False``, Table 2's "MS attention" column):
     the attention weights are normalized per level (softmax over the K points of one level)
@@ -148,7 +156,14 @@ class MultiScaleDeformableAttention(BaseModule):
         # (bs, num_keys, C) -> (bs, num_keys, M, C / M)
         value = value.view(bs, num_keys, num_heads, self.embed_dims // num_heads)
 
-        offsets = self.sampling_offsets(query)  # (bs, nq, M * L * K * 2)
+        # Geometry in float32 (float64 for a float64 model) in every precision mode: the
+        # offset projection runs outside autocast, and the reference points are never
+        # cast down; only the values and the attention weights may be low precision.
+        loc_dtype = geometry_dtype(self.sampling_offsets.weight.dtype, reference_points.dtype)
+        with torch.autocast(query.device.type, enabled=False):
+            offsets = F.linear(query.to(loc_dtype), self.sampling_offsets.weight.to(loc_dtype),
+                               self.sampling_offsets.bias.to(loc_dtype))  # (bs, nq, M*L*K*2)
+        reference_points = reference_points.to(loc_dtype)
         logits = self.attention_weights(query)
         if self.multi_scale:
             # (bs, nq, M * L * K) -> (bs, nq, M, L * K): softmax over all levels' points
@@ -163,9 +178,6 @@ class MultiScaleDeformableAttention(BaseModule):
         # Locations are computed on the flat (M * L * K * 2) layout of the offsets, where
         # the factors broadcast over leading dims only (a 6-d broadcast whose innermost
         # size is 2 runs several times slower on CPU).
-        loc_dtype = torch.promote_types(offsets.dtype, reference_points.dtype)
-        offsets = offsets.to(loc_dtype)
-        reference_points = reference_points.to(loc_dtype)
 
         def per_point(t: Tensor) -> Tensor:
             # (bs, nq, L, 2) -> (bs, nq, M, L, K, 2) -> (bs, nq, M * L * K * 2)
@@ -186,10 +198,10 @@ class MultiScaleDeformableAttention(BaseModule):
         # (bs, nq, M * L * K * 2) -> (bs, nq, M, L, K, 2)
         locations = locations.view(bs, num_queries, num_heads, num_levels, num_points, 2)
 
-        # the op needs one dtype; sample in the wider one (float32 under mixed precision)
-        op_dtype = torch.promote_types(value.dtype, locations.dtype)
-        output = ms_deform_attn(value.to(op_dtype), spatial_shapes, level_start_index,
-                                locations.to(op_dtype), weights.to(op_dtype), self.im2col_step)
+        # The op takes one dtype: the locations stay as they are (float32 or wider) and the
+        # values and weights, possibly computed in low precision, are widened to them.
+        output = ms_deform_attn(value.to(locations.dtype), spatial_shapes, level_start_index,
+                                locations, weights.to(locations.dtype), self.im2col_step)
         return self.output_proj(output)
 
     def _level_shares(self, query_levels: Optional[Tensor], num_queries: int,

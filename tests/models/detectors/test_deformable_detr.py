@@ -253,3 +253,61 @@ def test_initialization(build_detector):
         linear1 = model.encoder.layers[0].linear1.weight
         assert linear1.abs().max() <= math.sqrt(6 / sum(linear1.shape))  # xavier
         model.init_weights()
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_forward_reads_no_tensor_back_from_the_device(variant, build_detector, batch_of,
+                                                      monkeypatch):
+    """The levels' (H, W) come from the maps' shapes as Python ints: neither the encoder's
+    reference points nor the two-stage proposals call ``.tolist()`` / ``.item()`` (a device
+    sync on GPU). The op, which checks its arguments on its own, is stubbed out here."""
+    import ddetr.models.layers.multi_scale_deformable_attention as msda_module
+    model = build_detector(variant).eval()
+    inputs, samples = batch_of(model, SHAPES, training=False)
+
+    def op_stub(value, spatial_shapes, level_start_index, sampling_locations, *args):
+        bs, num_queries, num_heads = sampling_locations.shape[:3]
+        return value.new_zeros(bs, num_queries, num_heads * value.shape[-1])
+
+    reads = []
+
+    def no_read(name):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, **kwargs):
+            reads.append((name, tuple(self.shape)))
+            return original(self, *args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(msda_module, 'ms_deform_attn', op_stub)
+    for name in ('tolist', 'item'):
+        monkeypatch.setattr(torch.Tensor, name, no_read(name))
+    with torch.no_grad():
+        model._forward(inputs, samples)
+    assert reads == []
+
+
+def test_with_cp_from_the_config_keeps_losses_and_gradients(detector_cfg, batch_of):
+    """``with_cp=True`` in the encoder's and decoder's ``layer_cfg`` (two-stage with
+    refinement, dropout on): the same losses and gradients as without it."""
+    results = []
+    for with_cp in (False, True):
+        cfg = detector_cfg('twostage', dropout=0.1)
+        for coder in ('encoder', 'decoder'):
+            cfg[coder]['layer_cfg']['with_cp'] = with_cp
+        torch.manual_seed(0)
+        model = DeformableDETR(**cfg).train()
+        assert all(layer.with_cp == with_cp
+                   for layer in (*model.encoder.layers, *model.decoder.layers))
+        inputs, samples = batch_of(model, SHAPES)
+        torch.manual_seed(1)
+        losses = model.loss(inputs, samples)
+        sum(losses.values()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()
+                 if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (losses, grads), (losses_cp, grads_cp) = results
+    torch.testing.assert_close(losses_cp, losses)
+    assert grads_cp.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_cp[name], grads[name], msg=name)

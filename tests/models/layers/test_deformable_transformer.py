@@ -37,7 +37,8 @@ def test_encoder_layer_is_post_norm():
                                                   num_points=2, feedforward_channels=32).eval()
     query, pos = torch.randn(1, 30, 16), torch.randn(1, 30, 16)
     refs = torch.rand(1, 30, 2, 2)
-    out = layer(query, pos, refs, SHAPES, STARTS)
+    out = layer(query=query, query_pos=pos, reference_points=refs, spatial_shapes=SHAPES,
+                level_start_index=STARTS)
     x = layer.norm1(query + layer.self_attn(query + pos, refs, query, SHAPES, STARTS))
     expected = layer.norm2(x + layer.linear2(F.relu(layer.linear1(x))))
     torch.testing.assert_close(out, expected)
@@ -49,7 +50,8 @@ def test_decoder_layer_order():
                                                   num_points=2, feedforward_channels=32).eval()
     query, pos, memory = torch.randn(2, 5, 16), torch.randn(2, 5, 16), torch.randn(2, 30, 16)
     refs = torch.rand(2, 5, 2, 2)
-    out = layer(query, pos, refs, memory, SHAPES, STARTS)
+    out = layer(query=query, query_pos=pos, reference_points=refs, memory=memory,
+                spatial_shapes=SHAPES, level_start_index=STARTS)
     x = layer.norm1(query + layer.self_attn(query + pos, query + pos, query)[0])
     x = layer.norm2(x + layer.cross_attn(x + pos, refs, memory, SHAPES, STARTS))
     expected = layer.norm3(x + layer.linear2(F.relu(layer.linear1(x))))
@@ -78,7 +80,7 @@ def test_decoder_scales_references_by_valid_ratios(monkeypatch):
     cross_attn = decoder.layers[0].cross_attn
     original = cross_attn.forward
     monkeypatch.setattr(cross_attn, 'forward',
-                        lambda q, refs, *a, **k: seen.append(refs) or original(q, refs, *a, **k))
+                        lambda **k: seen.append(k['reference_points']) or original(**k))
     for ref_dims in (2, 4):
         inputs = decoder_inputs(ref_dims)
         decoder(**inputs)
@@ -116,3 +118,57 @@ def test_refinement_updates_boxes_and_blocks_the_gradient():
     for branch in reg_branches:
         assert all(p.grad is None for p in branch.parameters())
     assert decoder.layers[0].cross_attn.sampling_offsets.weight.grad is not None
+
+
+def _grads(module, inputs, with_cp):
+    """Output and gradients (parameters and float inputs) of one forward + backward in
+    training mode, dropout on, from the same random state; and how many times the
+    deformable attention ran."""
+    for layer in module.layers:
+        layer.with_cp = with_cp
+    inputs = {k: v.detach().clone().requires_grad_(v.is_floating_point() and k != 'valid_ratios')
+              if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in module.modules()
+             if type(m).__name__ == 'MultiScaleDeformableAttention']
+    module.zero_grad()
+    torch.manual_seed(123)
+    out = module(**inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    grads = {name: p.grad.clone() for name, p in module.named_parameters()}
+    grads.update({name: t.grad.clone() for name, t in inputs.items()
+                  if isinstance(t, torch.Tensor) and t.grad is not None})
+    return out.detach(), grads, len(calls)
+
+
+def test_with_cp_gives_the_same_outputs_and_gradients():
+    """Activation checkpointing recomputes each layer in the backward (the attention runs
+    twice per layer) and changes nothing else, dropout included."""
+    torch.manual_seed(0)
+    layer_cfg = dict(embed_dims=16, num_heads=4, num_levels=2, num_points=2,
+                     feedforward_channels=32, dropout=0.1)
+    encoder = DeformableDetrTransformerEncoder(num_layers=2, layer_cfg=layer_cfg).train()
+    decoder = DeformableDetrTransformerDecoder(num_layers=2, layer_cfg=layer_cfg).train()
+    ratios = torch.tensor([[1.0, 1.0], [0.5, 0.5]])[None].expand(2, 2, 2).clone()
+    encoder_inputs = dict(query=torch.randn(2, 30, 16), query_pos=torch.randn(2, 30, 16),
+                          spatial_shapes=SHAPES, level_start_index=STARTS, valid_ratios=ratios)
+    inputs = decoder_inputs(4)
+    inputs['valid_ratios'] = inputs['valid_ratios'].clone()
+    for module, inputs in ((encoder, encoder_inputs), (decoder, inputs)):
+        out, grads, calls = _grads(module, inputs, with_cp=False)
+        out_cp, grads_cp, calls_cp = _grads(module, inputs, with_cp=True)
+        assert (calls, calls_cp) == (2, 4)
+        torch.testing.assert_close(out_cp, out, rtol=0, atol=0)
+        assert grads_cp.keys() == grads.keys() and 'query' in grads
+        for name in grads:
+            torch.testing.assert_close(grads_cp[name], grads[name], msg=name)
+
+
+def test_with_cp_is_a_layer_config_key():
+    encoder = DeformableDetrTransformerEncoder(num_layers=1, layer_cfg=dict(
+        embed_dims=16, num_heads=4, num_levels=2, with_cp=True))
+    assert encoder.layers[0].with_cp
+    assert not DeformableDetrTransformerEncoderLayer(embed_dims=16, num_heads=4).with_cp

@@ -224,3 +224,37 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match='reference_points'):
         module(torch.randn(1, 2, 8), torch.rand(1, 2, 3, 3), torch.randn(1, 49, 8),
                spatial_shapes, starts)
+
+
+@pytest.mark.parametrize('ref_dims', [2, 4])
+def test_offsets_and_locations_are_float32_under_autocast(ref_dims, monkeypatch):
+    """Trained (non-zero) offset weights: under bfloat16 autocast the offset projection
+    still runs in float32, so the locations reaching the op are float32 and equal the
+    float32 run's; values and attention weights may come from bfloat16 projections."""
+    gen = torch.Generator().manual_seed(0)
+    module = MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=3,
+                                           num_points=2)
+    randomize(module, gen)
+    spatial_shapes, level_start_index = level_index(SHAPES)
+    num_keys = int(spatial_shapes.prod(1).sum())
+    query = torch.randn(2, 5, 16, generator=gen)
+    value = torch.randn(2, num_keys, 16, generator=gen)
+    reference_points = torch.rand(2, 5, 3, ref_dims, generator=gen)
+    calls = []
+    original_op = msda_module.ms_deform_attn
+
+    def spy(value, spatial_shapes, level_start_index, sampling_locations, weights, *args):
+        calls.append(sampling_locations)
+        return original_op(value, spatial_shapes, level_start_index, sampling_locations,
+                           weights, *args)
+
+    monkeypatch.setattr(msda_module, 'ms_deform_attn', spy)
+    kwargs = dict(query=query, reference_points=reference_points, value=value,
+                  spatial_shapes=spatial_shapes, level_start_index=level_start_index)
+    with torch.no_grad():
+        module(**kwargs)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            module(**kwargs)
+    ref, amp = calls
+    assert amp.dtype == torch.float32
+    torch.testing.assert_close(amp, ref, rtol=1e-6, atol=1e-6)
