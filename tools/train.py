@@ -79,7 +79,10 @@ def build_config(args):
 
     hooks = cfg.get('custom_hooks', None) or []
     if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
-        cfg.custom_hooks = list(hooks) + [dict(type='FiniteLossHook')]
+        hooks = list(hooks) + [dict(type='FiniteLossHook')]
+    if not any(h.get('type') == 'PreflightHook' for h in hooks):  # checks before iteration 1
+        hooks = list(hooks) + [dict(type='PreflightHook')]
+    cfg.custom_hooks = list(hooks)
     return cfg
 
 
