@@ -9,6 +9,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from ddetr.datasets.transforms import ImageLoadError
 from ddetr.registry import HOOKS
 
 
@@ -91,8 +92,7 @@ class PreflightHook(Hook):
             return
         loops = [('val', runner.val_loop)] if runner.val_loop is not None else []
         for split, loop in loops:
-            self._check_one_image(runner, model, loop.dataloader.dataset, loop.evaluator,
-                                  split)
+            self._check_one_image(runner, loop.dataloader.dataset, loop.evaluator, split)
         test_cfg = runner.cfg.get('test_dataloader', None)
         if test_cfg is not None and test_cfg != runner.cfg.get('val_dataloader', None) \
                 and runner.cfg.get('test_evaluator', None) is not None:
@@ -100,7 +100,7 @@ class PreflightHook(Hook):
             test_set = DATASETS.build(test_cfg['dataset'])
             evaluator = runner.build_evaluator(runner.cfg.test_evaluator)
             evaluator.dataset_meta = getattr(test_set, 'metainfo', None)
-            self._check_one_image(runner, model, test_set, evaluator, 'test')
+            self._check_one_image(runner, test_set, evaluator, 'test')
         runner.logger.info('pre-flight: classes, annotation categories and one validation '
                            'image through pipeline, predict and metric: OK')
 
@@ -112,18 +112,27 @@ class PreflightHook(Hook):
         if ann_file and classes and osp.isfile(ann_file) and ann_file.endswith('.json'):
             check_categories(ann_file, classes, key)
 
-    def _check_one_image(self, runner, model, dataset, evaluator, split: str) -> None:
+    def _check_one_image(self, runner, dataset, evaluator, split: str) -> None:
         key = f'{split}_dataloader.dataset'
         self._check_dataset_categories(dataset, key)
         if len(dataset) == 0:
             raise PreflightError(f'{key}: the {split} dataset is empty '
                                  f'({getattr(_innermost(dataset), "ann_file", "")})')
-        try:
-            sample = dataset[0]
-        except Exception as e:
-            raise PreflightError(
-                f'{key}.pipeline: the first {split} image does not go through the pipeline: '
-                f'{type(e).__name__}: {e}') from e
+        sample = None
+        for idx in range(min(len(dataset), 8)):  # the first readable image
+            try:
+                sample = dataset[idx]
+                break
+            except ImageLoadError as e:  # a data problem the test run reports by name
+                runner.logger.warning(f'pre-flight: {key}: skipped image {idx}: {e}')
+            except Exception as e:
+                raise PreflightError(
+                    f'{key}.pipeline: the first {split} image does not go through the '
+                    f'pipeline: {type(e).__name__}: {e}') from e
+        if sample is None:
+            runner.logger.warning(f'pre-flight: {key}: no readable image among the first '
+                                  f'8; the {split} pipeline is not checked')
+            return
         data = pseudo_collate([sample])
         was_training = runner.model.training
         runner.model.eval()
