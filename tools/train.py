@@ -97,7 +97,11 @@ def main(argv=None):
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    from ddetr.engine import PreflightError
+    try:
+        runner.train()
+    except PreflightError as e:  # a config/data mistake found before the first iteration
+        sys.exit(f'{osp.basename(__file__)}: error (before training): {e}')
 
 
 if __name__ == '__main__':

@@ -162,6 +162,7 @@ def test_mistakes_stop_before_the_first_iteration(tmp_path, data_root, case, mes
     assert proc.returncode != 0
     assert message in log, log[-3000:]
     assert 'Iter(train) [' not in log  # stopped before the first iteration
+    assert 'Traceback' not in proc.stderr  # one message, not a stack
 
 
 def test_pipeline_without_resize_evaluates(tmp_path, data_root):
