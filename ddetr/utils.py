@@ -34,19 +34,22 @@ def parse_cfg_options(options):
 
 def load_run_config(config: str, cfg_options=None, work_dir=None, launcher: str = 'none'):
     """The config of a train/test run with the command line applied: ``--cfg-options``
-    merged, ``work_dir`` (default ``work_dirs/<config name>``) and ``launcher`` set, and
+    merged, the top-level data names of a custom dataset written into the dataloaders
+    (:func:`ddetr.datasets.custom_data.apply_custom_data`), ``work_dir`` (default ``work_dirs/<config name>``) and ``launcher`` set, and
     for distributed runs without GPUs the gloo setup of :func:`setup_cpu_distributed`."""
     import os.path as osp
 
     import torch
     from mmengine.config import Config
 
+    from ddetr.datasets.custom_data import apply_custom_data
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config} does not exist')
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    apply_custom_data(cfg)
     cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(config))[0])
     if launcher != 'none' and not torch.cuda.is_available():

@@ -79,7 +79,10 @@ def build_config(args):
 
     hooks = cfg.get('custom_hooks', None) or []
     if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
-        cfg.custom_hooks = list(hooks) + [dict(type='FiniteLossHook')]
+        hooks = list(hooks) + [dict(type='FiniteLossHook')]
+    if not any(h.get('type') == 'PreflightHook' for h in hooks):  # checks before iteration 1
+        hooks = list(hooks) + [dict(type='PreflightHook')]
+    cfg.custom_hooks = list(hooks)
     return cfg
 
 
@@ -94,7 +97,11 @@ def main(argv=None):
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    from ddetr.engine import PreflightError
+    try:
+        runner.train()
+    except PreflightError as e:  # a config/data mistake found before the first iteration
+        sys.exit(f'{osp.basename(__file__)}: error (before training): {e}')
 
 
 if __name__ == '__main__':

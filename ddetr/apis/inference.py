@@ -22,6 +22,7 @@ def load_config(config: Union[str, Config], cfg_options: Optional[Sequence[str]]
                 num_classes: Optional[int] = None) -> Config:
     """The config (a path or a Config copy) with ``--cfg-options`` KEY=VALUE strings and
     ``num_classes`` applied, and the backbone's pretrained init removed (no download)."""
+    from ddetr.datasets.custom_data import apply_custom_data
     from ddetr.utils import parse_cfg_options
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
@@ -31,6 +32,7 @@ def load_config(config: Union[str, Config], cfg_options: Optional[Sequence[str]]
         cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(parse_cfg_options(cfg_options))
+    apply_custom_data(cfg)  # a custom dataset's classes set the head's num_classes
     if 'model' not in cfg:
         raise KeyError(f'config {getattr(cfg, "filename", config)} has no `model`')
     if num_classes is not None:

@@ -228,7 +228,8 @@ class DeformableDETRHead(BaseModule):
         """Post-processing of the last decoder layer, without NMS: sigmoid scores, the top
         ``max_per_img`` (100) of all (query, class) pairs (a query may appear with several
         classes), boxes to (x1, y1, x2, y2) pixels of the network input clipped to the
-        image, then, with ``rescale``, divided by ``scale_factor`` (original image).
+        image, then, with ``rescale``, divided by ``scale_factor`` (original image; without a
+        ``scale_factor`` in the meta, i.e. no Resize in the pipeline, the factor is 1).
 
         Returns InstanceData with ``bboxes`` (n, 4), ``scores`` (n,), ``labels`` (n,)."""
         # float32 boxes also under mixed precision (bfloat16 would be off by pixels)
@@ -245,10 +246,8 @@ class DeformableDETRHead(BaseModule):
             boxes = boxes * boxes.new_tensor([img_w, img_h, img_w, img_h])
             boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=img_w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=img_h)
-            if rescale:
-                if meta.get('scale_factor') is None:
-                    raise KeyError('DeformableDETRHead.predict: rescale=True needs '
-                                   '"scale_factor" in the image meta')
+            # no scale_factor: the pipeline had no Resize, the input is the original image
+            if rescale and meta.get('scale_factor') is not None:
                 scale_w, scale_h = meta['scale_factor'][:2]
                 boxes = boxes / boxes.new_tensor([scale_w, scale_h, scale_w, scale_h])
             results.append(InstanceData(bboxes=boxes, scores=scores, labels=labels))

@@ -157,3 +157,13 @@ def test_predict_top_k_over_query_class_pairs(nq, num_classes, expected):
     x1, y1 = (box[0] - box[2] / 2) * 80, (box[1] - box[3] / 2) * 60
     torch.testing.assert_close(result.bboxes[0, :2],
                                torch.stack([x1.clamp(0, 80), y1.clamp(0, 60)]))
+
+
+def test_predict_without_scale_factor_keeps_input_pixels():
+    # a pipeline without Resize: no scale_factor in the meta means a scale factor of 1
+    head = make_head(num_classes=3)
+    cls, boxes = outputs(head, nq=10)
+    meta = dict(img_shape=(60, 80), ori_shape=(60, 80))
+    rescaled = head.predict_by_feat(cls, boxes, [meta], rescale=True)[0]
+    kept = head.predict_by_feat(cls, boxes, [meta], rescale=False)[0]
+    torch.testing.assert_close(rescaled.bboxes, kept.bboxes)
