@@ -19,6 +19,23 @@ def register_all_modules(init_scope: bool = True) -> None:
         init_default_scope('ddetr')
 
 
+def add_trust_checkpoint_argument(parser) -> None:
+    """``--trust-checkpoint`` of the tools that load checkpoints (see
+    :mod:`ddetr.engine.checkpoint`)."""
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle any Python object a checkpoint holds, not only '
+                        'tensors and mmengine\'s own types (a pickle can run code: only for '
+                        'files you trust; same as DDETR_TRUST_CHECKPOINTS=1)')
+
+
+def apply_trust_checkpoint_argument(args) -> None:
+    if getattr(args, 'trust_checkpoint', False):
+        import os
+
+        from ddetr.engine.checkpoint import TRUST_ENV
+        os.environ[TRUST_ENV] = '1'
+
+
 def parse_cfg_options(options):
     """``--cfg-options`` KEY=VALUE strings -> dict for ``Config.merge_from_dict``, with
     mmengine's value parsing (numbers, lists, tuples, True/False/None)."""
@@ -35,14 +52,19 @@ def parse_cfg_options(options):
 def load_run_config(config: str, cfg_options=None, work_dir=None, launcher: str = 'none'):
     """The config of a train/test run with the command line applied: ``--cfg-options``
     merged, the top-level data names of a custom dataset written into the dataloaders
-    (:func:`ddetr.datasets.custom_data.apply_custom_data`), ``work_dir`` (default ``work_dirs/<config name>``) and ``launcher`` set, and
-    for distributed runs without GPUs the gloo setup of :func:`setup_cpu_distributed`."""
+    (:func:`ddetr.datasets.custom_data.apply_custom_data`), ``work_dir`` (default
+    ``work_dirs/<config name>``) and ``launcher`` set, and for distributed runs without GPUs
+    the gloo setup of :func:`setup_cpu_distributed`. The Runner that takes it loads
+    checkpoints with ddetr's safe loader."""
     import os.path as osp
 
     import torch
     from mmengine.config import Config
 
     from ddetr.datasets.custom_data import apply_custom_data
+    from ddetr.engine.checkpoint import use_safe_checkpoint_loader
+    use_safe_checkpoint_loader()
+
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config} does not exist')
     cfg = Config.fromfile(config)

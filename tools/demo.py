@@ -26,6 +26,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):
+    from ddetr.utils import add_trust_checkpoint_argument
     parser = argparse.ArgumentParser(
         description='Draw the detections of a ddetr checkpoint on an image or a folder of '
                     'images.', epilog=__doc__,
@@ -41,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu', help='device to run on (default cpu)')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
                         help='override config keys')
+    add_trust_checkpoint_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
     from ddetr.apis import (CheckpointError, build_test_pipeline, init_detector,
                             prepare_image)
     from ddetr.datasets.transforms.loading import ImageLoadError
+    from ddetr.utils import apply_trust_checkpoint_argument
+    apply_trust_checkpoint_argument(args)
     import torch
     try:
         jobs = list_images(args.image, args.out)

@@ -21,6 +21,7 @@ if ROOT not in sys.path:  # run from a checkout without installing
 
 
 def parse_args(argv=None):
+    from ddetr.utils import add_trust_checkpoint_argument
     parser = argparse.ArgumentParser(
         description='Evaluate a ddetr checkpoint (COCO bbox metrics).', epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +42,7 @@ def parse_args(argv=None):
                         help='override config keys, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher for distributed testing')
+    add_trust_checkpoint_argument(parser)
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -85,8 +87,10 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from ddetr.datasets.transforms.loading import ImageLoadError
-    from ddetr.utils import register_all_modules
+    from ddetr.engine.checkpoint import UntrustedCheckpointError
+    from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
+    apply_trust_checkpoint_argument(args)
     try:
         cfg = build_config(args)
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
@@ -94,7 +98,7 @@ def main(argv=None):
     runner = Runner.from_cfg(cfg)
     try:
         metrics = runner.test()
-    except ImageLoadError as e:  # a bad test image: its name, not a traceback
+    except (ImageLoadError, UntrustedCheckpointError) as e:  # a bad image or checkpoint
         sys.exit(f'tools/test.py: stopped: {e}')
     if is_main_process():
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}

@@ -4,6 +4,7 @@
     python tools/train.py CONFIG --work-dir work_dirs/run1 --resume          # latest checkpoint
     python tools/train.py CONFIG --resume work_dirs/run1/iter_500.pth       # a given one
     python tools/train.py CONFIG --amp --cfg-options train_dataloader.batch_size=4
+    python tools/train.py CONFIG --seed 1 --deterministic                    # reproducible
     bash tools/dist_train.sh CONFIG 2                                        # DDP, 2 processes
 
 Logs, checkpoints, the dumped config and TensorBoard scalars go to the work dir
@@ -20,6 +21,7 @@ if ROOT not in sys.path:  # run from a checkout without installing
 
 
 def parse_args(argv=None):
+    from ddetr.utils import add_trust_checkpoint_argument
     parser = argparse.ArgumentParser(
         description='Train a ddetr detector.', epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,11 +38,18 @@ def parse_args(argv=None):
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by total batch size / '
                         'auto_scale_lr.base_batch_size')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='random seed of the run (default: the config\'s randomness.seed)')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='deterministic algorithms only (torch.use_deterministic_algorithms'
+                        ', cudnn.deterministic): the same seed gives the same run, slower on '
+                        'GPU; an op without a deterministic path raises')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
                         help='override config keys, e.g. train_cfg.max_epochs=12 '
                         'model.num_queries=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher for distributed training')
+    add_trust_checkpoint_argument(parser)
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -51,6 +60,7 @@ def parse_args(argv=None):
 def build_config(args):
     """The config with the command line applied."""
     import torch
+    from mmengine.config import ConfigDict
 
     from ddetr.utils import load_run_config
     cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
@@ -69,6 +79,13 @@ def build_config(args):
             raise KeyError(f'{args.config}: --auto-scale-lr needs '
                            f'auto_scale_lr=dict(base_batch_size=...) in the config')
         cfg.auto_scale_lr.enable = True
+
+    if args.seed is not None or args.deterministic:
+        randomness = cfg.setdefault('randomness', ConfigDict())
+        if args.seed is not None:
+            randomness.seed = args.seed
+        if args.deterministic:
+            randomness.deterministic = True
 
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
@@ -90,8 +107,10 @@ def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
 
-    from ddetr.utils import register_all_modules
+    from ddetr.engine.checkpoint import UntrustedCheckpointError
+    from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
+    apply_trust_checkpoint_argument(args)
     try:
         cfg = build_config(args)
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
@@ -102,6 +121,8 @@ def main(argv=None):
         runner.train()
     except PreflightError as e:  # a config/data mistake found before the first iteration
         sys.exit(f'{osp.basename(__file__)}: error (before training): {e}')
+    except UntrustedCheckpointError as e:  # load_from / --resume of a file not allow-listed
+        sys.exit(f'{osp.basename(__file__)}: stopped: {e}')
 
 
 if __name__ == '__main__':

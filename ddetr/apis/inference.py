@@ -51,14 +51,18 @@ def build_detector(cfg: Config) -> nn.Module:
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:
-    """Load an mmengine checkpoint (or a bare state dict) into ``model`` strictly.
-    Returns the checkpoint's ``meta`` (empty when it has none)."""
-    import ddetr.engine  # noqa: F401  (local checkpoint loading under torch >= 2.6)
-    from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+    """Load an mmengine checkpoint (or a bare state dict) into ``model`` strictly, with
+    safe unpickling (:func:`ddetr.engine.load_checkpoint_file`). Returns the checkpoint's
+    ``meta`` (empty when it has none)."""
+    from mmengine.runner.checkpoint import load_state_dict
+
+    from ddetr.engine.checkpoint import UntrustedCheckpointError, load_checkpoint_file
     if not osp.isfile(checkpoint):
         raise CheckpointError(f'checkpoint {checkpoint} does not exist')
     try:
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
+    except UntrustedCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:  # truncated, not a torch file...
         raise CheckpointError(f'could not load checkpoint {checkpoint}: {e}') from None
     if not isinstance(ckpt, dict):

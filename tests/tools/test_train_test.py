@@ -188,3 +188,24 @@ def test_quickstart_flow_trains_evaluates_and_draws(tmp_path):
     import cv2
     picture = cv2.imread(str(work_dir / 'val_predictions.png'))
     assert picture is not None and picture.shape[0] > 96 and picture.shape[1] > 2 * 96
+
+
+def logged_losses(work_dir):
+    """The training losses of every iteration, from the run's scalars.json."""
+    [scalars] = [osp.join(d, f) for d, _, files in os.walk(work_dir) for f in files
+                 if f == 'scalars.json']
+    return [json.loads(line)['loss'] for line in open(scalars) if '"loss"' in line]
+
+
+def test_same_seed_gives_identical_losses_and_another_seed_does_not(tmp_path):
+    config = write_config(tmp_path, max_iters=20, checkpoint_interval=20)
+    runs = {}
+    for name, seed, iters in (('a', 7, 20), ('b', 7, 20), ('c', 8, 3)):
+        work_dir = tmp_path / name
+        run(['tools/train.py', config, '--work-dir', str(work_dir), '--seed', str(seed),
+             '--deterministic', '--cfg-options', f'train_cfg.max_iters={iters}',
+             f'train_cfg.val_interval={iters}'])
+        runs[name] = logged_losses(work_dir)
+    assert len(runs['a']) == 20
+    assert runs['a'] == runs['b']  # bit for bit
+    assert runs['c'] != runs['a'][:3]

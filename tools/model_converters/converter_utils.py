@@ -2,6 +2,7 @@
 renaming, the 91 -> 80 class mapping, saving an mmengine checkpoint, and checking the
 result against a ddetr config."""
 import os.path as osp
+import pickle
 import re
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -28,13 +29,27 @@ class ConversionError(Exception):
 
 
 def load_torch_file(path: str, trusted: bool = False) -> object:
-    """torch.load on CPU with errors naming the file. ``trusted`` allows pickled Python
-    objects (the original release stores its argparse ``args``): only for files you trust."""
+    """torch.load on CPU with errors naming the file. Without ``trusted`` only tensors, the
+    types of mmengine's own checkpoints and argparse's ``Namespace`` (the original release
+    stores its ``args`` so) are unpickled; ``trusted`` unpickles anything: only for files
+    you trust."""
+    import argparse
+
+    from ddetr.engine.checkpoint import refused_type, safe_globals
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
     try:
-        return torch.load(path, map_location='cpu', weights_only=not trusted)
-    except Exception as e:  # unpickling errors come in many types
+        if trusted:
+            return torch.load(path, map_location='cpu', weights_only=False)
+        with torch.serialization.safe_globals(safe_globals() + [argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if trusted or refused_type(e) is None:
+            raise ConversionError(f'{path}: not a readable PyTorch checkpoint ({e})') from e
+        raise ConversionError(f'{path}: needs {refused_type(e)} to load, which is not '
+                              f'allow-listed (unpickling it could run code); pass --trusted '
+                              f'if you trust this file') from None
+    except Exception as e:  # truncated, not a zip/pickle file...
         raise ConversionError(f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
                               f'{e})') from e
 

@@ -53,9 +53,9 @@ RULES = [
 ]
 
 
-def load_mmdet_state_dict(path: str) -> Tuple[StateDict, dict]:
+def load_mmdet_state_dict(path: str, trusted: bool = False) -> Tuple[StateDict, dict]:
     """The state dict and meta of an mmengine checkpoint (or a bare state dict)."""
-    ckpt = load_torch_file(path)
+    ckpt = load_torch_file(path, trusted=trusted)
     meta = {}
     if isinstance(ckpt, dict) and 'state_dict' in ckpt:
         meta = ckpt.get('meta') or {}
@@ -106,6 +106,9 @@ def parse_args(argv=None):
                         help='classes of the converted head; 80 maps a 91-row head (COCO '
                              'category ids) to the 80 contiguous COCO classes by category id '
                              '(a two-stage encoder head keeps its row 0). Default: unchanged')
+    parser.add_argument('--trusted', action='store_true',
+                        help='unpickle any Python object the file holds (a pickle can run '
+                             'code: only for files you trust)')
     parser.add_argument('--config', default=None,
                         help='a ddetr config to check the result against: reports missing, '
                              'unexpected and mis-shaped keys (no weights are downloaded)')
@@ -115,7 +118,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        state_dict, src_meta = load_mmdet_state_dict(args.src)
+        state_dict, src_meta = load_mmdet_state_dict(args.src, args.trusted)
         converted, unmapped, info = convert_state_dict(state_dict, args.num_classes)
         report(unmapped, 'not mapped (left out)')
         meta = dict(source='mmdetection', source_file=osp.basename(args.src),

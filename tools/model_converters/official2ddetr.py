@@ -65,9 +65,11 @@ RULES = [
 ALIAS = re.compile(r'transformer\.decoder\.((?:bbox|class)_embed\..+)')
 
 
-def load_official_checkpoint(path: str) -> Tuple[StateDict, Optional[object]]:
-    """(state dict, args or None) of an original-release checkpoint."""
-    ckpt = load_torch_file(path, trusted=True)
+def load_official_checkpoint(path: str, trusted: bool = False
+                             ) -> Tuple[StateDict, Optional[object]]:
+    """(state dict, args or None) of an original-release checkpoint. Its argparse ``args``
+    load without ``trusted``; other pickled objects need it."""
+    ckpt = load_torch_file(path, trusted=trusted)
     if isinstance(ckpt, dict) and 'model' in ckpt:
         state_dict = check_state_dict(ckpt['model'], path, "'model'")
         args = ckpt.get('args')
@@ -189,14 +191,17 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Convert a checkpoint of the original Deformable DETR release ({'model', "
                     "'args', ...}) into a ddetr checkpoint (mmengine format: state_dict + "
-                    "meta). The file is unpickled (it stores argparse args): convert only "
-                    "files you trust.")
+                    "meta). Only tensors and the release's argparse args are unpickled "
+                    "unless --trusted is given.")
     parser.add_argument('src', metavar='SRC', help="original release checkpoint (.pth)")
     parser.add_argument('dst', metavar='DST', help='where to write the ddetr checkpoint')
     parser.add_argument('--num-classes', type=int, default=None,
                         help='80 maps the 91-row heads (COCO category ids) to the 80 '
                              'contiguous COCO classes by category id; the two-stage encoder '
                              'head keeps its row 0. Default: unchanged (91)')
+    parser.add_argument('--trusted', action='store_true',
+                        help='unpickle any Python object the file holds (a pickle can run '
+                             'code: only for files you trust)')
     parser.add_argument('--config', default=None,
                         help='a ddetr config to check the result against (reports missing, '
                              'unexpected and mis-shaped keys; downloads nothing)')
@@ -206,7 +211,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        state_dict, src_args = load_official_checkpoint(args.src)
+        state_dict, src_args = load_official_checkpoint(args.src, args.trusted)
         converted, unmapped, aliases, variant = convert_state_dict(state_dict, src_args,
                                                                    args.num_classes)
         report(unmapped, 'not mapped (left out)')

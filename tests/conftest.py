@@ -1,0 +1,26 @@
+"""Fixtures shared across the test tree."""
+import os
+
+import pytest
+import torch
+
+
+class MakesADirectory:
+    """Unpickling this calls os.makedirs(path): the stand-in for a crafted checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+@pytest.fixture
+def crafted_checkpoint(tmp_path, monkeypatch):
+    """(path, marker): a checkpoint whose pickle creates ``marker`` when fully unpickled;
+    the user has not opted in to trusting checkpoints."""
+    monkeypatch.delenv('DDETR_TRUST_CHECKPOINTS', raising=False)
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'crafted.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': MakesADirectory(str(marker))}, path)
+    return str(path), marker
