@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
 from torch import Tensor, nn
 
+from ddetr.ops import level_shapes
 from ddetr.registry import MODELS
 from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
                       MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
@@ -248,7 +249,10 @@ class DeformableDETR(BaseDetector):
             mlvl_shapes.append((height, width))
             mlvl_ratios.append(self.valid_ratios(mask))  # (bs, 2)
         device = mlvl_feats[0].device
-        spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
+        if torch.jit.is_tracing():  # an ONNX export: keep the sizes symbolic (--dynamic)
+            spatial_shapes = torch.stack([torch.stack(hw) for hw in mlvl_shapes]).to(device)
+        else:
+            spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1),
                                        spatial_shapes.prod(1).cumsum(0)[:-1]])
         valid_ratios = torch.stack(mlvl_ratios, 1).to(mlvl_feats[0].dtype)  # (bs, L, 2)
@@ -332,7 +336,7 @@ class DeformableDETR(BaseDetector):
         bs = memory.shape[0]
         mlvl_proposals = []
         start = 0
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
             # (bs, H*W) -> (bs, H, W)
             mask = memory_mask[:, start:start + height * width].view(bs, height, width)
             valid_h = (~mask[:, :, 0]).sum(1)  # (bs,)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.ops import level_shapes
 from ddetr.registry import MODELS
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
 
@@ -121,7 +122,7 @@ class DeformableDetrTransformerEncoder(BaseModule):
             (bs, num_keys, L, 2) normalized (x, y).
         """
         mlvl_points = []
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        for level, (height, width) in enumerate(level_shapes(spatial_shapes)):
             ys = torch.arange(height, dtype=torch.float32, device=valid_ratios.device) + 0.5
             xs = torch.arange(width, dtype=torch.float32, device=valid_ratios.device) + 0.5
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing='ij')  # (H, W) each
