@@ -138,6 +138,8 @@ def export(model, out: str, shape: Tuple[int, int], dynamic: bool = False,
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export')
         warnings.filterwarnings('ignore', message='Constant folding - Only steps=1')
+        warnings.filterwarnings('ignore', category=DeprecationWarning,
+                                message='The feature will be removed')
         torch.onnx.export(wrapper, (example,), out, input_names=['input'],
                           output_names=['dets', 'labels'], opset_version=opset,
                           dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True)
