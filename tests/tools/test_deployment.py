@@ -156,6 +156,25 @@ def test_verify_catches_a_model_that_differs(model, static_onnx, image):
     assert not export_onnx.verify(other, static_onnx, cases, 1e-3, 1e-4)
 
 
+def test_compare_allows_equal_scores_to_swap_but_not_other_changes():
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 100, (4, 4)).astype(np.float32)
+    dets = np.concatenate([boxes, np.float32([[0.9], [0.5], [0.5], [0.1]])], 1)
+    labels = np.array([1, 2, 3, 0])
+    swapped = [0, 2, 1, 3]  # the two detections of score 0.5 in the other order
+    diff = export_onnx.compare((dets, labels), (dets[swapped], labels[swapped]))
+    assert diff == dict(box_px=0.0, score=0.0, label_mismatches=0)
+    moved = dets.copy()
+    moved[0, 2] += 0.01
+    assert export_onnx.compare((dets, labels), (moved, labels))['box_px'] == pytest.approx(
+        0.01, abs=1e-5)
+    relabelled = labels.copy()
+    relabelled[3] = 5
+    assert export_onnx.compare((dets, labels), (dets, relabelled))['label_mismatches'] == 1
+    # a different order of unequal scores is a score difference
+    assert export_onnx.compare((dets, labels), (dets[::-1], labels[::-1]))['score'] > 0.5
+
+
 def test_cli_dynamic_export_and_verify(checkpoint, image, tmp_path):
     out = str(tmp_path / 'model.onnx')
     proc = subprocess.run(
