@@ -18,11 +18,13 @@ def geometry_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def level_shapes(spatial_shapes) -> List[Tuple[int, int]]:
-    """The (H, W) of every level as Python ints, from a list of pairs (as is, no device
-    access) or from an (L, 2) tensor (read back once: a device sync on GPU)."""
+    """The (H, W) of every level: a list of pairs as is (no device access), or from an
+    (L, 2) tensor through :func:`ddetr.ops.level_shapes` (read back once, a device sync on
+    GPU; 0-d tensors while tracing an ONNX export, so that the sizes stay symbolic)."""
     if isinstance(spatial_shapes, Tensor):
-        spatial_shapes = spatial_shapes.tolist()
-    return [(int(height), int(width)) for height, width in spatial_shapes]
+        from ddetr.ops import level_shapes as from_tensor
+        return from_tensor(spatial_shapes)
+    return [(height, width) for height, width in spatial_shapes]
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

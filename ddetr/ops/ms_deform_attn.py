@@ -19,8 +19,10 @@ Shapes (those of every public implementation)::
 A location samples the map bilinearly at pixel (x * W - 0.5, y * H - 0.5), reading zeros
 outside it (grid_sample's ``align_corners=False``).
 """
+import contextlib
+import os
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +38,43 @@ else:
 
 HAS_COMPILED_OP = _C is not None and hasattr(torch.ops.ddetr, 'ms_deform_attn')
 
-__all__ = ['ms_deform_attn', 'ms_deform_attn_pytorch', 'backend_info', 'HAS_COMPILED_OP']
+__all__ = ['ms_deform_attn', 'ms_deform_attn_pytorch', 'backend_info', 'msda_backend',
+           'level_shapes', 'level_starts', 'HAS_COMPILED_OP']
 
 _warned = False
+
+# Backend selection (minimal version, for ONNX export/parity): 'auto' takes the compiled
+# kernel where there is one, 'pytorch' always takes ms_deform_attn_pytorch. Set per block
+# with ``msda_backend`` or for a process with the environment variable DDETR_MSDA_BACKEND.
+BACKENDS = ('auto', 'pytorch')
+_forced_backend: Optional[str] = None
+
+
+def _check_backend(name: str, where: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f'ms_deform_attn: unknown backend {name!r} from {where}; choose one '
+                         f'of {BACKENDS}')
+    return name
+
+
+@contextlib.contextmanager
+def msda_backend(name: str) -> Iterator[None]:
+    """Within the block, ``ms_deform_attn`` uses backend ``name`` ('auto' or 'pytorch',
+    the grid_sample path), whatever DDETR_MSDA_BACKEND says."""
+    global _forced_backend
+    previous = _forced_backend
+    _forced_backend = _check_backend(name, 'msda_backend()')
+    try:
+        yield
+    finally:
+        _forced_backend = previous
+
+
+def _current_backend() -> str:
+    if _forced_backend is not None:
+        return _forced_backend
+    return _check_backend(os.environ.get('DDETR_MSDA_BACKEND', 'auto') or 'auto',
+                          'the environment variable DDETR_MSDA_BACKEND')
 
 
 def backend_info() -> str:
@@ -65,6 +101,26 @@ def _warn_fallback(device: torch.device) -> None:
                   if not HAS_COMPILED_OP else f'ddetr._C has no kernel for {device.type}')
         warnings.warn(f'ms_deform_attn: {reason}; using the slower pure-PyTorch '
                       f'grid_sample implementation', stacklevel=3)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def level_shapes(spatial_shapes: Tensor) -> list:
+    """(L, 2) int64 -> [(H_l, W_l)] to loop over levels: Python ints, or 0-d tensors while
+    tracing (an ONNX export), so that sizes stay symbolic and ``--dynamic`` exports work."""
+    if _tracing():
+        return [(spatial_shapes[level, 0], spatial_shapes[level, 1])
+                for level in range(len(spatial_shapes))]
+    return [tuple(hw) for hw in spatial_shapes.tolist()]
+
+
+def level_starts(level_start_index: Tensor) -> list:
+    """(L,) int64 -> [start_l], Python ints or, while tracing, 0-d tensors (see above)."""
+    if _tracing():
+        return list(level_start_index.unbind(0))
+    return level_start_index.tolist()
 
 
 def _shape(t) -> str:
@@ -167,11 +223,12 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
             t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
             for t in (value, sampling_locations, attention_weights))
     check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-               im2col_step, check_values=not compiling)
-    if _has_kernel(value.device) and not torch.onnx.is_in_onnx_export():
+               im2col_step, check_values=not compiling and not _tracing())
+    use_kernel = _current_backend() == 'auto' and not torch.onnx.is_in_onnx_export()
+    if use_kernel and _has_kernel(value.device):
         return torch.ops.ddetr.ms_deform_attn(value, spatial_shapes, level_start_index,
                                               sampling_locations, attention_weights, im2col_step)
-    if not compiling and not torch.onnx.is_in_onnx_export():
+    if use_kernel and not compiling:
         _warn_fallback(value.device)
     return ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
                                   attention_weights)
@@ -194,10 +251,10 @@ def ms_deform_attn_pytorch(value: Tensor, spatial_shapes: Tensor, level_start_in
     weights = attention_weights.transpose(1, 2).reshape(bs * num_heads, 1, num_queries,
                                                         num_levels * num_points)
     output = value.new_zeros(bs * num_heads, head_dims, num_queries)
-    shapes = spatial_shapes.tolist()
-    starts = level_start_index.tolist()
+    shapes = level_shapes(spatial_shapes)
+    starts = level_starts(level_start_index)
     for level, ((height, width), start) in enumerate(zip(shapes, starts)):
-        if height * width == 0:
+        if isinstance(height, int) and height * width == 0:
             continue
         # (bs, H*W, M, D) -> (bs * M, D, H, W)
         value_l = value[:, start:start + height * width].permute(0, 2, 3, 1).reshape(

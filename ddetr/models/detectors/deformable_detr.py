@@ -251,11 +251,16 @@ class DeformableDETR(BaseDetector):
             mlvl_shapes.append((height, width))
             mlvl_ratios.append(self.valid_ratios(mask))  # (bs, 2)
         device = mlvl_feats[0].device
-        spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
-        mlvl_starts = [0]
-        for height, width in mlvl_shapes[:-1]:
-            mlvl_starts.append(mlvl_starts[-1] + height * width)
-        level_start_index = torch.as_tensor(mlvl_starts, dtype=torch.int64, device=device)
+        if torch.jit.is_tracing():  # an ONNX export: the sizes stay symbolic (--dynamic)
+            spatial_shapes = torch.stack([torch.stack(hw) for hw in mlvl_shapes]).to(device)
+            level_start_index = torch.cat([spatial_shapes.new_zeros(1),
+                                           spatial_shapes.prod(1).cumsum(0)[:-1]])
+        else:
+            spatial_shapes = torch.as_tensor(mlvl_shapes, dtype=torch.int64, device=device)
+            mlvl_starts = [0]
+            for height, width in mlvl_shapes[:-1]:
+                mlvl_starts.append(mlvl_starts[-1] + height * width)
+            level_start_index = torch.as_tensor(mlvl_starts, dtype=torch.int64, device=device)
         valid_ratios = torch.stack(mlvl_ratios, 1)  # (bs, L, 2), float32 (geometry)
         memory_mask = torch.cat(mlvl_masks, 1)  # (bs, num_keys)
         encoder_inputs = dict(query=torch.cat(mlvl_flat, 1), query_pos=torch.cat(mlvl_pos, 1),
