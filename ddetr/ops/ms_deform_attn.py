@@ -22,7 +22,7 @@ outside it (grid_sample's ``align_corners=False``).
 import contextlib
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,51 +38,59 @@ else:
 
 HAS_COMPILED_OP = _C is not None and hasattr(torch.ops.ddetr, 'ms_deform_attn')
 
-__all__ = ['ms_deform_attn', 'ms_deform_attn_pytorch', 'backend_info', 'msda_backend',
-           'level_shapes', 'level_starts', 'HAS_COMPILED_OP']
+__all__ = ['ms_deform_attn', 'ms_deform_attn_pytorch', 'backend_info', 'HAS_COMPILED_OP',
+           'msda_backend', 'check_level_shapes', 'level_shapes', 'level_starts', 'BACKENDS',
+           'BACKEND_ENV']
 
+#: Environment variable selecting the backend at run time (read on every call).
+BACKEND_ENV = 'DDETR_MSDA_BACKEND'
+#: ``auto``: the compiled op where it has a kernel for the device, else the fallback;
+#: ``compiled``: the compiled op or an error; ``pytorch``: always the grid_sample fallback.
+BACKENDS = ('auto', 'compiled', 'pytorch')
+
+_override: Optional[str] = None  # set by msda_backend(), wins over the environment variable
 _warned = False
 
-# Backend selection (minimal version, for ONNX export/parity): 'auto' takes the compiled
-# kernel where there is one, 'pytorch' always takes ms_deform_attn_pytorch. Set per block
-# with ``msda_backend`` or for a process with the environment variable DDETR_MSDA_BACKEND.
-BACKENDS = ('auto', 'pytorch')
-_forced_backend: Optional[str] = None
-
-
-def _check_backend(name: str, where: str) -> str:
+def _validate_backend(name, source: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f'ms_deform_attn: unknown backend {name!r} from {where}; choose one '
-                         f'of {BACKENDS}')
+        raise ValueError(f'ms_deform_attn: unknown backend {name!r} (from {source}); valid '
+                         f'backends are {", ".join(BACKENDS)}')
+    if name == 'compiled' and not HAS_COMPILED_OP:
+        raise RuntimeError(f'ms_deform_attn: backend "compiled" requested (from {source}) but '
+                           f'ddetr._C could not be imported ({_IMPORT_ERROR}); build it with '
+                           f'`python setup.py build_ext --inplace` or use backend "auto" or '
+                           f'"pytorch"')
     return name
 
 
+def selected_backend() -> str:
+    """The backend name in force: ``msda_backend()``'s, else ``$DDETR_MSDA_BACKEND``, else auto."""
+    if _override is not None:
+        return _override
+    name = os.environ.get(BACKEND_ENV, '') or 'auto'
+    return _validate_backend(name.strip().lower(), f'${BACKEND_ENV}={name!r}')
+
+
 @contextlib.contextmanager
-def msda_backend(name: str) -> Iterator[None]:
-    """Within the block, ``ms_deform_attn`` uses backend ``name`` ('auto' or 'pytorch',
-    the grid_sample path), whatever DDETR_MSDA_BACKEND says."""
-    global _forced_backend
-    previous = _forced_backend
-    _forced_backend = _check_backend(name, 'msda_backend()')
+def msda_backend(name: str) -> Iterator[str]:
+    """Use backend ``name`` (one of ``BACKENDS``) inside the block, whatever the env var says."""
+    global _override
+    name = _validate_backend(name, 'msda_backend()')
+    previous, _override = _override, name
     try:
-        yield
+        yield name
     finally:
-        _forced_backend = previous
-
-
-def _current_backend() -> str:
-    if _forced_backend is not None:
-        return _forced_backend
-    return _check_backend(os.environ.get('DDETR_MSDA_BACKEND', 'auto') or 'auto',
-                          'the environment variable DDETR_MSDA_BACKEND')
+        _override = previous
 
 
 def backend_info() -> str:
-    """A line saying which implementation runs on which device."""
+    """A line saying which implementation runs on which device, and which backend is active."""
+    active = selected_backend()
     if not HAS_COMPILED_OP:
-        return f'pure-PyTorch fallback only (ddetr._C not importable: {_IMPORT_ERROR})'
+        return (f'active backend: {active}; pure-PyTorch fallback only (ddetr._C not '
+                f'importable: {_IMPORT_ERROR})')
     devices = f'CPU ({_C.cpu_isa()})' + (' and CUDA' if _C.with_cuda() else '')
-    return f'compiled op ddetr._C for {devices}'
+    return f'active backend: {active}; compiled op ddetr._C for {devices}'
 
 
 def _has_kernel(device: torch.device) -> bool:
@@ -127,32 +135,39 @@ def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
-def check_args(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-               sampling_locations: Tensor, attention_weights: Tensor, im2col_step: int = 64,
-               check_values: bool = True) -> None:
-    """Raise ValueError / TypeError naming the argument when the inputs do not fit together.
-
-    The same checks run in C++ for the compiled op; they live here too so that the
-    fallback and every device give the same errors. ``check_values`` also reads
-    ``spatial_shapes`` and ``level_start_index`` (a device sync on GPU).
-    """
-    args = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                sampling_locations=sampling_locations, attention_weights=attention_weights)
+def _check_python_args(args: dict, im2col_step) -> None:
+    """Checks the C++ op cannot make with our messages: non-tensors and im2col_step's type."""
     for name, t in args.items():
         if not isinstance(t, Tensor):
             raise TypeError(f'ms_deform_attn: {name} must be a Tensor, got {type(t).__name__}')
+    if not isinstance(im2col_step, int) or isinstance(im2col_step, bool) or im2col_step <= 0:
+        raise ValueError(f'ms_deform_attn: im2col_step must be a positive int, got {im2col_step!r}')
+
+
+def _check(check, cond, message) -> None:
+    # (Under torch.jit.trace, the tracing that FLOP counters and ONNX export use, sizes are
+    # 0-d tensors: read them as the bool they are.)
+    check(bool(cond) if isinstance(cond, Tensor) else cond, message)
+
+
+def check_metadata(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                   sampling_locations: Tensor, attention_weights: Tensor) -> None:
+    """Ranks, sizes, dtypes and devices: the C++ checks' rules with the same messages, as
+    ``torch._check_*`` so that they also hold (and trace) on fake tensors. Reads no values.
+
+    Used by the fake kernel and the fallback; the compiled op runs its C++ twin.
+    """
+    args = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                sampling_locations=sampling_locations, attention_weights=attention_weights)
     layouts = dict(value=(4, '(bs, num_keys, num_heads, head_dims)'),
                    spatial_shapes=(2, '(num_levels, 2)'),
                    level_start_index=(1, '(num_levels,)'),
                    sampling_locations=(6, '(bs, num_queries, num_heads, num_levels, num_points, 2)'),
                    attention_weights=(5, '(bs, num_queries, num_heads, num_levels, num_points)'))
     for name, (rank, layout) in layouts.items():
-        if args[name].dim() != rank:
-            raise ValueError(f'ms_deform_attn: {name} must be {rank}-D {layout}, '
-                             f'got shape {_shape(args[name])}')
-    if not isinstance(im2col_step, int) or isinstance(im2col_step, bool) or im2col_step <= 0:
-        raise ValueError(f'ms_deform_attn: im2col_step must be a positive int, got {im2col_step!r}')
-
+        t = args[name]
+        _check(torch._check_value, t.dim() == rank, lambda: f'ms_deform_attn: {name} must be {rank}-D '
+                           f'{layout}, got shape {_shape(t)}')
     bs, num_keys, num_heads, _ = value.shape
     num_levels = spatial_shapes.shape[0]
     expected = [
@@ -164,44 +179,58 @@ def check_args(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
         ('sampling_locations', 5, 2, '(x, y)'),
     ]
     for name, dim, size, what in expected:
-        if args[name].shape[dim] != size:
-            raise ValueError(f'ms_deform_attn: {name} has shape {_shape(args[name])} but its '
-                             f'dim {dim} ({what}) must be {size}')
-    if attention_weights.shape != sampling_locations.shape[:5]:
-        raise ValueError(f'ms_deform_attn: attention_weights has shape '
-                         f'{_shape(attention_weights)} but must be sampling_locations\' shape '
-                         f'without the last dim: {tuple(sampling_locations.shape[:5])}')
-
-    if not value.is_floating_point():
-        raise TypeError(f'ms_deform_attn: value must be floating point, got {value.dtype}')
-    if not (sampling_locations.dtype == attention_weights.dtype == value.dtype):
-        raise TypeError(f'ms_deform_attn: value, sampling_locations and attention_weights must '
-                        f'share one dtype, got {value.dtype}, {sampling_locations.dtype} and '
-                        f'{attention_weights.dtype}')
-    if spatial_shapes.dtype != torch.int64 or level_start_index.dtype != torch.int64:
-        raise TypeError(f'ms_deform_attn: spatial_shapes and level_start_index must be int64, '
-                        f'got {spatial_shapes.dtype} and {level_start_index.dtype}')
+        t = args[name]
+        _check(torch._check_value, t.shape[dim] == size, lambda: f'ms_deform_attn: {name} has shape '
+                           f'{_shape(t)} but its dim {dim} ({what}) must be {size}')
+    _check(torch._check_value, 
+        attention_weights.shape == sampling_locations.shape[:5],
+        lambda: f'ms_deform_attn: attention_weights has shape {_shape(attention_weights)} but '
+        f'must be sampling_locations\' shape without the last dim: '
+        f'{tuple(sampling_locations.shape[:5])}')
+    _check(torch._check_type, value.is_floating_point(),
+                      lambda: f'ms_deform_attn: value must be floating point, got {value.dtype}')
+    _check(torch._check_type, 
+        sampling_locations.dtype == attention_weights.dtype == value.dtype,
+        lambda: f'ms_deform_attn: value, sampling_locations and attention_weights must share one '
+        f'dtype, got {value.dtype}, {sampling_locations.dtype} and {attention_weights.dtype}')
+    _check(torch._check_type, 
+        spatial_shapes.dtype == torch.int64 and level_start_index.dtype == torch.int64,
+        lambda: f'ms_deform_attn: spatial_shapes and level_start_index must be int64, got '
+        f'{spatial_shapes.dtype} and {level_start_index.dtype}')
     for name, t in args.items():
-        if t.device != value.device:
-            raise ValueError(f'ms_deform_attn: {name} is on {t.device} but value is on '
-                             f'{value.device}; all inputs must be on one device')
+        _check(torch._check_value, t.device == value.device, lambda: f'ms_deform_attn: {name} is on '
+                           f'{t.device} but value is on {value.device}; all inputs must be on '
+                           f'one device')
 
-    if check_values:
-        hw = spatial_shapes.tolist()
-        starts = level_start_index.tolist()
-        total = 0
-        for level, ((h, w), start) in enumerate(zip(hw, starts)):
-            if h < 0 or w < 0:
-                raise ValueError(f'ms_deform_attn: spatial_shapes[{level}] = ({h}, {w}) must be '
-                                 f'non-negative')
-            if start != total:
-                raise ValueError(f'ms_deform_attn: level_start_index[{level}] is {start} but the '
-                                 f'levels before it hold {total} keys (level_start_index must be '
-                                 f'the cumulative sum of H*W)')
-            total += h * w
-        if total != num_keys:
-            raise ValueError(f'ms_deform_attn: value has {num_keys} keys (shape {_shape(value)}) '
-                             f'but spatial_shapes {hw} sum to {total} = sum of H*W')
+
+def check_level_shapes(spatial_shapes: Sequence[Sequence[int]], num_keys: int,
+                       level_start_index: Optional[Sequence[int]] = None) -> None:
+    """The value-dependent rules, on Python ints: every (H, W) non-negative, the levels'
+    starts the cumulative sum of H*W, and sum of H*W == ``num_keys``. For callers that know
+    the shapes as ints (once per forward, no device sync); the fallback runs it on CPU tensors.
+    """
+    hw = [(int(h), int(w)) for h, w in spatial_shapes]
+    total = 0
+    for level, (h, w) in enumerate(hw):
+        if h < 0 or w < 0:
+            raise ValueError(f'ms_deform_attn: spatial_shapes[{level}] = ({h}, {w}) must be '
+                             f'non-negative')
+        if level_start_index is not None and int(level_start_index[level]) != total:
+            raise ValueError(f'ms_deform_attn: level_start_index[{level}] is '
+                             f'{int(level_start_index[level])} but the levels before it hold '
+                             f'{total} keys (level_start_index must be the cumulative sum of H*W)')
+        total += h * w
+    if total != num_keys:
+        raise ValueError(f'ms_deform_attn: value has {num_keys} keys but spatial_shapes {hw} sum '
+                         f'to {total} = sum of H*W')
+
+
+def _values_on_host(*tensors: Tensor) -> bool:
+    """True when reading the tensors costs no device sync and no tracing is going on."""
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return all(t.device.type == 'cpu' and not isinstance(t, torch._subclasses.FakeTensor)
+               for t in tensors)
 
 
 def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
@@ -213,22 +242,30 @@ def ms_deform_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
 
     ``im2col_step`` is a tuning knob of the CUDA kernel kept for signature compatibility;
     any batch size works with any value. Under autocast the op computes in float32 and
-    returns float32.
+    returns float32. The implementation follows ``selected_backend()`` (``msda_backend``,
+    ``$DDETR_MSDA_BACKEND``).
     """
-    compiling = torch.compiler.is_compiling()
-    if isinstance(value, Tensor) and torch.is_autocast_enabled(value.device.type):
+    _check_python_args(dict(value=value, spatial_shapes=spatial_shapes,
+                            level_start_index=level_start_index,
+                            sampling_locations=sampling_locations,
+                            attention_weights=attention_weights), im2col_step)
+    if torch.is_autocast_enabled(value.device.type):
         # Under autocast the op runs in float32, like grid_sample: the projections feeding
         # it come out in half precision while the reference points stay in float32.
         value, sampling_locations, attention_weights = (
-            t.float() if isinstance(t, Tensor) and t.is_floating_point() else t
+            t.float() if t.is_floating_point() else t
             for t in (value, sampling_locations, attention_weights))
-    check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-               im2col_step, check_values=not compiling and not _tracing())
-    use_kernel = _current_backend() == 'auto' and not torch.onnx.is_in_onnx_export()
+    backend = selected_backend()
+    use_kernel = backend != 'pytorch' and not torch.onnx.is_in_onnx_export()
     if use_kernel and _has_kernel(value.device):
+        # The C++ op checks everything itself (values only where they are on the host).
         return torch.ops.ddetr.ms_deform_attn(value, spatial_shapes, level_start_index,
                                               sampling_locations, attention_weights, im2col_step)
-    if use_kernel and not compiling:
+    if backend == 'compiled' and use_kernel:
+        raise RuntimeError(f'ms_deform_attn: backend "compiled" has no kernel for '
+                           f'{value.device.type} (ddetr._C: {backend_info()})')
+    if backend == 'auto' and not torch.compiler.is_compiling() \
+            and not torch.onnx.is_in_onnx_export():
         _warn_fallback(value.device)
     return ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
                                   attention_weights)
@@ -238,21 +275,52 @@ def ms_deform_attn_pytorch(value: Tensor, spatial_shapes: Tensor, level_start_in
                            sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
     """The same op from ``F.grid_sample``: one call per level on (bs * num_heads) maps.
 
-    Portable (any device, ONNX export) but slow and memory-hungry: it materializes every
-    sampled value before the weighted sum.
+    Portable (any device, ONNX export, ``torch.compile``) but slow and memory-hungry: it
+    materializes every sampled value before the weighted sum. Rejects the compiled op's bad
+    inputs with its messages (values where they are on the host) and, like the kernel,
+    computes half-precision inputs in float32.
     """
+    if torch.compiler.is_compiling():
+        # The level loop needs the shapes as Python ints: an opaque op with a fake kernel
+        # (which runs check_metadata on the traced shapes) keeps the graph whole
+        # (fullgraph=True) instead of breaking on ``tolist``.
+        return torch.ops.ddetr_fallback.ms_deform_attn(value, spatial_shapes, level_start_index,
+                                                       sampling_locations, attention_weights)
+    check_metadata(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights)
+    return _grid_sample_impl(value, spatial_shapes, level_start_index, sampling_locations,
+                             attention_weights)
+
+
+def _grid_sample_impl(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                      sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    dtype = value.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # accumulate in float32, as the kernel does
+        out = _grid_sample_impl(value.float(), spatial_shapes, level_start_index,
+                                sampling_locations.float(), attention_weights.float())
+        return out.to(dtype)
+    value, sampling_locations, attention_weights = (
+        value.contiguous(), sampling_locations.contiguous(), attention_weights.contiguous())
     bs, num_keys, num_heads, head_dims = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    shapes = level_shapes(spatial_shapes)  # symbolic while tracing (ONNX --dynamic)
+    starts = level_starts(level_start_index)
+    if _values_on_host(spatial_shapes, level_start_index):
+        check_level_shapes(shapes, num_keys, starts)
     if num_queries == 0 or bs == 0:
-        return value.new_zeros(bs, num_queries, num_heads * head_dims)
-    # grid_sample's grid is in [-1, 1]; (bs, nq, M, L, K, 2) -> (bs * M, nq, L, K, 2)
+        # Zeros that are still a function of the inputs (zero gradients of their shapes).
+        anchor = sum(t.reshape(-1)[:0].sum() for t in (value, sampling_locations,
+                                                        attention_weights))
+        return value.new_zeros(bs, num_queries, num_heads * head_dims) + anchor
+    # A non-finite location reads zeros, as in the kernel: move it off every map (-1 is a
+    # full map width outside), which also gives it zero gradients.
+    sampling_locations = torch.where(torch.isfinite(sampling_locations), sampling_locations,
+                                     sampling_locations.new_full((), -1.0))
     grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)
     # (bs, nq, M, L, K) -> (bs * M, 1, nq, L * K)
     weights = attention_weights.transpose(1, 2).reshape(bs * num_heads, 1, num_queries,
                                                         num_levels * num_points)
     output = value.new_zeros(bs * num_heads, head_dims, num_queries)
-    shapes = level_shapes(spatial_shapes)
-    starts = level_starts(level_start_index)
     for level, ((height, width), start) in enumerate(zip(shapes, starts)):
         if isinstance(height, int) and height * width == 0:
             continue
@@ -264,17 +332,69 @@ def ms_deform_attn_pytorch(value: Tensor, spatial_shapes: Tensor, level_start_in
                                 padding_mode='zeros', align_corners=False)
         weights_l = weights[..., level * num_points:(level + 1) * num_points]
         output += (sampled * weights_l).sum(-1)
+    if output.requires_grad:  # one gradient layout, so sums run in one order (bit-exact)
+        output.register_hook(lambda grad: None if grad is None else grad.contiguous())
     # (bs * M, D, nq) -> (bs, nq, M * D)
     return output.view(bs, num_heads * head_dims, num_queries).transpose(1, 2).contiguous()
 
+
+@torch.library.custom_op('ddetr_fallback::ms_deform_attn', mutates_args=())
+def _fallback_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                 sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """The fallback as one opaque op, for ``torch.compile`` only (eager calls the function)."""
+    return _grid_sample_impl(value, spatial_shapes, level_start_index, sampling_locations,
+                             attention_weights)
+
+
+@torch.library.custom_op('ddetr_fallback::ms_deform_attn_backward', mutates_args=())
+def _fallback_backward_op(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                          sampling_locations: Tensor, attention_weights: Tensor,
+                          grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # (Autograd is off inside a custom op's kernel; torch.func differentiates anyway.)
+    _, vjp = torch.func.vjp(
+        lambda v, loc, attn: _grid_sample_impl(v, spatial_shapes, level_start_index, loc, attn),
+        value, sampling_locations, attention_weights)
+    return tuple(g.contiguous() for g in vjp(grad_output.contiguous()))
+
+
+@_fallback_op.register_fake
+def _fallback_fake(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights):
+    check_metadata(value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights)
+    bs, _, num_heads, head_dims = value.shape
+    return value.new_empty(bs, sampling_locations.shape[1], num_heads * head_dims)
+
+
+@_fallback_backward_op.register_fake
+def _fallback_backward_fake(value, spatial_shapes, level_start_index, sampling_locations,
+                            attention_weights, grad_output):
+    return (torch.empty_like(value), torch.empty_like(sampling_locations),
+            torch.empty_like(attention_weights))
+
+
+def _fallback_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _fallback_backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
+        ctx.saved_tensors
+    grad_value, grad_locations, grad_weights = _fallback_backward_op(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        grad_output)
+    return grad_value, None, None, grad_locations, grad_weights
+
+
+_fallback_op.register_autograd(_fallback_backward, setup_context=_fallback_setup_context)
 
 if HAS_COMPILED_OP:
 
     @torch.library.register_fake('ddetr::ms_deform_attn')
     def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations,
                              attention_weights, im2col_step=64):
-        check_args(value, spatial_shapes, level_start_index, sampling_locations,
-                   attention_weights, im2col_step, check_values=False)
+        check_metadata(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights)
         bs, _, num_heads, head_dims = value.shape
         return value.new_empty(bs, sampling_locations.shape[1], num_heads * head_dims)
 
@@ -282,8 +402,8 @@ if HAS_COMPILED_OP:
     def _ms_deform_attn_backward_fake(value, spatial_shapes, level_start_index,
                                       sampling_locations, attention_weights, grad_output,
                                       im2col_step=64):
-        check_args(value, spatial_shapes, level_start_index, sampling_locations,
-                   attention_weights, im2col_step, check_values=False)
+        check_metadata(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights)
         return (torch.empty_like(value), torch.empty_like(sampling_locations),
                 torch.empty_like(attention_weights))
 

@@ -1,18 +1,35 @@
 """ddetr.ops.ms_deform_attn: the compiled CPU kernel (every instruction-set path), its
 autograd and fake registrations, the grid_sample fallback, and the argument checks."""
+import os
 import sys
 import warnings
 
 import pytest
 import torch
 
-from ddetr.ops import HAS_COMPILED_OP, ms_deform_attn, ms_deform_attn_pytorch
+from ddetr.ops import (BACKEND_ENV, HAS_COMPILED_OP, check_level_shapes, ms_deform_attn,
+                       ms_deform_attn_pytorch, msda_backend)
 
 # The module, not the function of the same name that ddetr.ops re-exports.
 msda_module = sys.modules['ddetr.ops.ms_deform_attn']
 
-pytestmark = pytest.mark.skipif(not HAS_COMPILED_OP, reason='ddetr._C is not built')
-# (The whole file is about the compiled op; the fallback alone is covered in test_fallback.py.)
+# Tests of the kernel itself (its ISA paths, its raw C++ op and work split, its comparison
+# with the fallback) need the extension; every behavioural test runs on both backends.
+compiled_only = pytest.mark.skipif(not HAS_COMPILED_OP, reason='ddetr._C is not built')
+
+
+@pytest.fixture(params=[
+    pytest.param('compiled', marks=compiled_only),
+    'pytorch',
+])
+def backend(request, monkeypatch):
+    """Runs a test once per backend of ``ms_deform_attn``. With ``$DDETR_MSDA_BACKEND`` set
+    to one backend (CI's fallback run), only that one runs."""
+    forced = os.environ.get(BACKEND_ENV, 'auto')
+    if forced not in ('', 'auto') and forced != request.param:
+        pytest.skip(f'{BACKEND_ENV}={forced}')
+    with msda_backend(request.param):
+        yield request.param
 
 
 def reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -79,9 +96,15 @@ def supported_isas():
     return found
 
 
-@pytest.fixture(params=supported_isas() if HAS_COMPILED_OP else [])
-def isa(request):
-    """Runs a test once per instruction-set path of the CPU kernel this machine can run."""
+@pytest.fixture(params=supported_isas() if HAS_COMPILED_OP else ['none'])
+def isa(request, backend):
+    """Runs a test once per instruction-set path of the CPU kernel this machine can run (once
+    in all on the fallback, which has no such paths)."""
+    if backend == 'pytorch':
+        if request.param != (supported_isas()[0] if HAS_COMPILED_OP else 'none'):
+            pytest.skip('the fallback has no instruction-set paths')
+        yield request.param
+        return
     from ddetr import _C
     original = _C.cpu_isa()
     _C.set_cpu_isa(request.param)
@@ -181,7 +204,7 @@ def test_empty_level_is_skipped(isa):
 
 
 @pytest.mark.parametrize('bs,im2col_step', [(3, 2), (5, 64), (1, 1)])
-def test_any_batch_size_with_any_im2col_step(bs, im2col_step):
+def test_any_batch_size_with_any_im2col_step(bs, im2col_step, backend):
     inputs = make_inputs(bs=bs)
     out = ms_deform_attn(*inputs, im2col_step=im2col_step)
     per_sample = torch.cat([ms_deform_attn(inputs[0][i:i + 1], inputs[1], inputs[2],
@@ -190,7 +213,7 @@ def test_any_batch_size_with_any_im2col_step(bs, im2col_step):
     torch.testing.assert_close(out, per_sample, rtol=0, atol=0)
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(backend):
     value, shapes, starts, loc, attn = make_inputs(head_dims=6)
     # Same values, permuted memory layouts.
     value_nc = value.transpose(0, 1).contiguous().transpose(0, 1)
@@ -225,13 +248,13 @@ def test_half_precision_against_float32(isa, dtype, tol):
         torch.testing.assert_close(g_low[i].float(), g_ref[i], rtol=tol, atol=4 * tol)
 
 
-def test_float32_matches_float64():
+def test_float32_matches_float64(backend):
     inputs = make_inputs(head_dims=32)
     out32 = ms_deform_attn(*[t.float() if t.is_floating_point() else t for t in inputs])
     torch.testing.assert_close(out32.double(), ms_deform_attn(*inputs), rtol=1e-5, atol=1e-5)
 
 
-def test_backward_is_deterministic():
+def test_backward_is_deterministic(backend):
     inputs = make_inputs(bs=2, shapes=((20, 20), (10, 10)), num_queries=300, num_heads=8,
                          head_dims=32, num_points=4, dtype=torch.float32, spread=0.0)
     grad_out = torch.randn(2, 300, 256)
@@ -241,6 +264,7 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+@compiled_only  # compares the kernel with the fallback
 def test_fallback_equals_kernel():
     for dtype in (torch.float64, torch.float32):
         inputs = make_inputs(head_dims=5, dtype=dtype, spread=0.3)
@@ -255,6 +279,7 @@ def test_fallback_equals_kernel():
             torch.testing.assert_close(a, b, msg=f'{name} {dtype}', **tol)
 
 
+@compiled_only  # tests backend 'auto' choosing the fallback when the kernel is missing
 def test_fallback_is_used_with_one_warning_when_no_kernel(monkeypatch):
     calls = []
     monkeypatch.setattr(msda_module, '_has_kernel', lambda device: False)
@@ -263,7 +288,7 @@ def test_fallback_is_used_with_one_warning_when_no_kernel(monkeypatch):
     monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
                         lambda *a: calls.append(1) or real_fallback(*a))
     inputs = make_inputs()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, msda_backend('auto'):
         warnings.simplefilter('always')
         out1 = msda_module.ms_deform_attn(*inputs)
         out2 = msda_module.ms_deform_attn(*inputs)
@@ -273,16 +298,19 @@ def test_fallback_is_used_with_one_warning_when_no_kernel(monkeypatch):
     assert torch.equal(out1, out2)
 
 
+@compiled_only  # tests the compiled op's switch to the fallback under ONNX export
 def test_onnx_export_traces_the_fallback(monkeypatch):
     calls = []
     real_fallback = msda_module.ms_deform_attn_pytorch
     monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
                         lambda *a: calls.append(1) or real_fallback(*a))
     monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
-    msda_module.ms_deform_attn(*make_inputs())
+    with msda_backend('auto'):
+        msda_module.ms_deform_attn(*make_inputs())
     assert calls == [1]
 
 
+@compiled_only  # opcheck tests the registration of the torch.ops custom op, which only the extension defines
 def test_opcheck():
     for head_dims in (4, 32):
         inputs = make_inputs(head_dims=head_dims, dtype=torch.float32)
@@ -291,7 +319,7 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.ddetr.ms_deform_attn.default, tuple(args))
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+def test_torch_compile_fullgraph_forward_and_backward(backend):
     torch._dynamo.reset()
     value, shapes, starts, loc, attn = make_inputs(head_dims=32, dtype=torch.float32)
 
@@ -341,15 +369,16 @@ def _bad_cases():
 
 
 @pytest.mark.parametrize('case', sorted(_bad_cases()))
-def test_bad_input_raises_named_error(case):
+def test_bad_input_raises_named_error(case, backend):
     args, error, needle = _bad_cases()[case]
     with pytest.raises(error, match=needle):
         ms_deform_attn(*args)
-    with pytest.raises(error, match=needle):
-        torch.ops.ddetr.ms_deform_attn(*args, 64)
+    if HAS_COMPILED_OP:  # the C++ checks of the raw op, whichever backend the API uses
+        with pytest.raises(error, match=needle):
+            torch.ops.ddetr.ms_deform_attn(*args, 64)
 
 
-def test_bad_im2col_step_and_non_tensor():
+def test_bad_im2col_step_and_non_tensor(backend):
     inputs = make_inputs()
     with pytest.raises(ValueError, match='im2col_step'):
         ms_deform_attn(*inputs, im2col_step=0)
@@ -357,6 +386,7 @@ def test_bad_im2col_step_and_non_tensor():
         ms_deform_attn(inputs[0], [[6, 5], [3, 3], [2, 1]], *inputs[2:])
 
 
+@compiled_only  # the raw backward op is the extension's
 def test_bad_grad_output_to_raw_backward():
     v, s, i, l, a = make_inputs()
     with pytest.raises(ValueError, match='grad_output'):
@@ -366,6 +396,7 @@ def test_bad_grad_output_to_raw_backward():
         torch.ops.ddetr.ms_deform_attn_backward(v, s, i, l, a, torch.zeros(2, 7, 8), 64)
 
 
+@compiled_only  # the thread work split is the CPU kernel's
 @pytest.mark.parametrize('bs,num_heads', [(1, 2), (2, 8)])
 def test_thread_count_and_work_split_do_not_change_results(bs, num_heads):
     """With few (batch, head) pairs per thread the kernel splits queries across threads
@@ -384,7 +415,7 @@ def test_thread_count_and_work_split_do_not_change_results(bs, num_heads):
         torch.set_num_threads(threads)
 
 
-def test_autocast_runs_in_float32():
+def test_autocast_runs_in_float32(backend):
     """Under CPU autocast the projections give bfloat16 while reference points stay float32;
     the op takes both and computes in float32."""
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
@@ -395,3 +426,66 @@ def test_autocast_runs_in_float32():
                                                    attn.bfloat16().float()))
     with pytest.raises(TypeError, match='dtype'):  # outside autocast mixed dtypes are an error
         ms_deform_attn(value.bfloat16(), shapes, starts, loc, attn)
+
+
+# ---------------------------------------------------------------------------------------
+# Backend selection and the value checks outside the op.
+
+def test_backend_selection_by_env_var_and_context_manager(monkeypatch):
+    calls = []
+    real_fallback = msda_module._grid_sample_impl
+    monkeypatch.setattr(msda_module, '_grid_sample_impl',
+                        lambda *a: calls.append(1) or real_fallback(*a))
+    inputs = make_inputs()
+    monkeypatch.setenv(BACKEND_ENV, 'pytorch')
+    assert 'active backend: pytorch' in msda_module.backend_info()
+    msda_module.ms_deform_attn(*inputs)
+    assert calls == [1]
+    if HAS_COMPILED_OP:
+        with msda_backend('compiled'):  # the context manager wins over the env var
+            assert 'active backend: compiled' in msda_module.backend_info()
+            msda_module.ms_deform_attn(*inputs)
+        assert calls == [1]
+    monkeypatch.setenv(BACKEND_ENV, 'cuda-fast')
+    with pytest.raises(ValueError, match='auto, compiled, pytorch'):
+        msda_module.ms_deform_attn(*inputs)
+    with pytest.raises(ValueError, match='auto, compiled, pytorch'):
+        with msda_backend('grid'):
+            pass
+
+
+def test_compiled_backend_without_extension_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(msda_module, 'HAS_COMPILED_OP', False)
+    with pytest.raises(RuntimeError, match='ddetr._C could not be imported.*build_ext'):
+        with msda_backend('compiled'):
+            pass
+    monkeypatch.setenv(BACKEND_ENV, 'compiled')
+    with pytest.raises(RuntimeError, match='backend "compiled"'):
+        msda_module.ms_deform_attn(*make_inputs())
+
+
+def test_check_level_shapes():
+    check_level_shapes([(6, 5), (3, 3), (2, 1)], num_keys=41)
+    with pytest.raises(ValueError, match='41 keys but spatial_shapes'):
+        check_level_shapes([(6, 5), (3, 3), (2, 2)], num_keys=41)
+    with pytest.raises(ValueError, match=r'spatial_shapes\[1\] = \(-3, 3\)'):
+        check_level_shapes([(6, 5), (-3, 3)], num_keys=21)
+    with pytest.raises(ValueError, match=r'level_start_index\[1\] is 29'):
+        check_level_shapes([(6, 5), (3, 3)], num_keys=39, level_start_index=[0, 29])
+
+
+@compiled_only  # the no-host-read promise is the compiled path's (the fallback loops on ints)
+def test_compiled_path_reads_no_values_in_python(monkeypatch):
+    inputs = make_inputs()
+    with msda_backend('compiled'):
+        expected = ms_deform_attn(*inputs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('host read of a tensor in the op call')
+
+    with msda_backend('compiled'):
+        monkeypatch.setattr(torch.Tensor, 'tolist', forbidden)
+        monkeypatch.setattr(torch.Tensor, 'item', forbidden)
+        out = ms_deform_attn(*inputs)
+        monkeypatch.undo()
+    assert torch.equal(out, expected)

@@ -112,6 +112,32 @@ def run_once(fn, inputs, backward):
     out.backward(torch.ones_like(out))
 
 
+def time_it_cuda(fn, inputs, backward, repeat, warmup=3):
+    """Median time (ms) of ``repeat`` runs measured with CUDA events after ``warmup`` runs
+    (kernel launches are asynchronous: host timers would measure the launch only)."""
+    for _ in range(warmup):
+        run_once(fn, inputs, backward)
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run_once(fn, inputs, backward)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure_memory_cuda(fn, inputs):
+    """Peak GPU memory (MB) one forward+backward adds above the inputs."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run_once(fn, inputs, backward=True)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def time_it(fn, inputs, backward, repeat, min_seconds=0.5, max_runs=500):
     """Median time (ms) of at least ``repeat`` runs and, for short runs, as many more as
     fill ``min_seconds`` (at most ``max_runs``): a sub-millisecond op timed only a few times
@@ -163,12 +189,17 @@ def main():
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(),
                         help='torch threads (default: all cores)')
     parser.add_argument('--json', help='also write the results to this file')
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'],
+                        help='where to run (cuda: CUDA events, warm-up, GPU peak memory)')
     parser.add_argument('--memory-worker', nargs=2, metavar=('IMPL', 'WORKLOAD'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
         return measure_memory_worker(*args.memory_worker, args.threads)
 
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
+                     'is False); run on a GPU machine or use --device cpu')
     torch.set_num_threads(args.threads)
     from ddetr.ops import backend_info
     print(f'ms_deform_attn benchmark: {backend_info()}; torch {torch.__version__}, '
@@ -177,12 +208,16 @@ def main():
     impls = implementations()
     results = {}
     for workload in WORKLOADS:
-        inputs = make_inputs(workload)
+        inputs = [t.to(args.device) for t in make_inputs(workload)]
         for name, fn in impls.items():
             row = results.setdefault(workload, {}).setdefault(name, {})
             for metric, backward in (('forward', False), ('forward+backward', True)):
-                row[metric] = time_it(fn, inputs, backward, args.repeat)
-            row['peak MB'] = measure_memory(name, workload, args.threads)
+                if args.device == 'cuda':
+                    row[metric] = time_it_cuda(fn, inputs, backward, args.repeat)
+                else:
+                    row[metric] = time_it(fn, inputs, backward, args.repeat)
+            row['peak MB'] = (measure_memory_cuda(fn, inputs) if args.device == 'cuda'
+                              else measure_memory(name, workload, args.threads))
             print(f'  measured {workload:8s} {name}', file=sys.stderr)
 
     ours, base = 'ddetr (compiled)', 'fallback (grid_sample)'

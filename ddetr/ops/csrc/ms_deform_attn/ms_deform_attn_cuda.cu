@@ -4,6 +4,7 @@
 // ms_deform_attn_math.h, shared with the CPU kernel. All index arithmetic is 64-bit and
 // all accumulation is in float32 (float64 for double inputs).
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -195,6 +196,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                                                 sampling_locations_in, attention_weights_in,
                                                 im2col_step, /*check_values=*/false);
   check_grad_output(grad_output_in, s, value_in);
+  // The kernel scatters into grad_value (and the location/weight gradients) with atomicAdd,
+  // whose order varies from run to run: under torch.use_deterministic_algorithms(True) this
+  // raises torch's standard error (warns with warn_only=True), as torch's scatter kernels do.
+  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
   const c10::cuda::CUDAGuard device_guard(value_in.device());
   const auto [value, spatial_shapes, level_start_index, sampling_locations, attention_weights] =
       contiguous_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One command to verify the CUDA kernel on a GPU machine (< 5 min): builds ddetr._C for the
+# local GPU's arch (in place), runs tests/ops/test_ms_deform_attn_cuda.py and
+# `benchmark_op.py --device cuda`, prints one summary. Exit 0 only if all pass.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PY=${DDETR_VENV:-$ROOT/.venv}/bin/python
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+arch=$("$PY" tools/check_gpu.py arch) || exit $?
+logs=$(mktemp -d)
+echo "== build ddetr._C for sm_${arch/./} (log: $logs/build.log)"
+FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch "$PY" setup.py -q build_ext --inplace > "$logs/build.log" 2>&1
+build_rc=$?
+[ $build_rc -eq 0 ] || tail -30 "$logs/build.log"
+echo "== CUDA tests"
+timeout 180 "$PY" -m pytest -q tests/ops/test_ms_deform_attn_cuda.py 2>&1 | tee "$logs/tests.log" | tail -15
+echo "== GPU benchmark"
+timeout 90 "$PY" tools/analysis/benchmark_op.py --device cuda --repeat 10 2>&1 | tee "$logs/bench.log" | tail -20
+echo
+"$PY" tools/check_gpu.py summary --build-rc "$build_rc" --arch "$arch" "$logs/tests.log" "$logs/bench.log"
