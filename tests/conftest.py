@@ -24,3 +24,12 @@ def crafted_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / 'crafted.pth'
     torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': MakesADirectory(str(marker))}, path)
     return str(path), marker
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (reproducible sums, no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

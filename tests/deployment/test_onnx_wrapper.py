@@ -23,12 +23,7 @@ VARIANTS = dict(base=['model.as_two_stage=False', 'model.with_box_refine=False']
                 refine=['model.as_two_stage=False', 'model.with_box_refine=True'])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def small_model(variant):

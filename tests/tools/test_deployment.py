@@ -34,12 +34,7 @@ export_onnx = load_tool('ddetr_export_onnx_tool', EXPORT_TOOL)
 onnx_demo = load_tool('ddetr_onnx_demo_tool', DEMO_TOOL)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def spread_scores(model, seed=0):
