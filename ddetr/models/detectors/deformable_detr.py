@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
 from torch import Tensor, nn
 
+from ddetr.ops import check_level_shapes
 from ddetr.registry import MODELS
 from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
                       MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
@@ -261,6 +262,8 @@ class DeformableDETR(BaseDetector):
             for height, width in mlvl_shapes[:-1]:
                 mlvl_starts.append(mlvl_starts[-1] + height * width)
             level_start_index = torch.as_tensor(mlvl_starts, dtype=torch.int64, device=device)
+            # the op's value rules, once per forward on the ints (the op then reads no values)
+            check_level_shapes(mlvl_shapes, sum(f.shape[1] for f in mlvl_flat), mlvl_starts)
         valid_ratios = torch.stack(mlvl_ratios, 1)  # (bs, L, 2), float32 (geometry)
         memory_mask = torch.cat(mlvl_masks, 1)  # (bs, num_keys)
         encoder_inputs = dict(query=torch.cat(mlvl_flat, 1), query_pos=torch.cat(mlvl_pos, 1),

@@ -75,13 +75,19 @@ def test_batch_wise_equals_image_wise_with_empty_images():
     assert all(len(q) == 0 and len(g) == 0 for q, g in empty)
 
 
-def test_assignment_has_no_gradient():
+def test_assignment_builds_no_autograd_graph():
+    """The costs are computed without autograd: nothing is saved for a backward even
+    when the predictions require gradients (each op of a recorded graph saves tensors)."""
     gen = torch.Generator().manual_seed(3)
     logits, boxes = random_predictions(gen, 1, 4)
     logits.requires_grad_()
+    boxes.requires_grad_()
     labels, gt_boxes = random_targets(gen, 2)
-    query_inds, _ = paper_assigner().assign(logits[0], boxes[0], labels, gt_boxes)
-    assert not query_inds.requires_grad and logits.grad is None
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        paper_assigner().assign(logits[0], boxes[0], labels, gt_boxes)
+        paper_assigner().assign_batch(logits, boxes, [labels], [gt_boxes])
+    assert saved == []
 
 
 def test_non_finite_predictions_still_match():
