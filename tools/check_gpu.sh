@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command to verify the CUDA kernel on a GPU machine (< 5 min): builds ddetr._C for the
-# local GPU's arch (in place), runs tests/ops/test_ms_deform_attn_cuda.py and
+# local GPU's arch (in place), runs the CUDA tests (op, detector, mixed precision) and
 # `benchmark_op.py --device cuda`, prints one summary. Exit 0 only if all pass.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +14,9 @@ FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$arch "$PY" setup.py -q build_ext --inplace > 
 build_rc=$?
 [ $build_rc -eq 0 ] || tail -30 "$logs/build.log"
 echo "== CUDA tests"
-timeout 180 "$PY" -m pytest -q tests/ops/test_ms_deform_attn_cuda.py 2>&1 | tee "$logs/tests.log" | tail -15
+timeout 180 "$PY" -m pytest -q tests/ops/test_ms_deform_attn_cuda.py \
+  tests/models/detectors/test_deformable_detr_cuda.py \
+  tests/models/detectors/test_deformable_detr_mixed_precision.py -k "cuda or CUDA" 2>&1 | tee "$logs/tests.log" | tail -15
 echo "== GPU benchmark"
 timeout 90 "$PY" tools/analysis/benchmark_op.py --device cuda --repeat 10 2>&1 | tee "$logs/bench.log" | tail -20
 echo
