@@ -5,6 +5,11 @@ test set.
     python tools/test.py CONFIG CKPT --out results.pkl       # raw predictions
     python tools/test.py CONFIG CKPT --show-dir pictures     # predictions drawn on images
     python tools/test.py CONFIG CKPT --tta                   # flip + multi-scale testing
+    python tools/test.py CONFIG CKPT --classwise             # + AP, AP50, AP75, GTs per class
+
+The checkpoint must fit the config's model: one that would leave most of it unloaded
+(another config, a release never converted, an empty file) or misses any parameter is
+refused, naming the config and the converters.
 
 The metrics are also written to <work_dir>/metrics.json (and --out-metrics FILE), the
 file tools/sweep.py collects.
@@ -38,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (the config\'s tta_model and '
                         'tta_pipeline: flip + multi-scale)')
+    parser.add_argument('--classwise', action='store_true',
+                        help='also a per-class table (AP, AP50, AP75, ground-truth '
+                        'instances), printed and written to metrics.json under "classwise"')
     parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
                         help='override config keys, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -68,9 +76,12 @@ def build_config(args):
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out {args.out}: the file must end in .pkl')
-        evaluators = cfg.test_evaluator
-        evaluators = list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
-        cfg.test_evaluator = evaluators + [dict(type='DumpDetResults', out_file_path=args.out)]
+        cfg.test_evaluator = _as_list(cfg.test_evaluator) + [
+            dict(type='DumpDetResults', out_file_path=args.out)]
+    if args.classwise:
+        for evaluator in _as_list(cfg.test_evaluator):
+            if 'Coco' in str(evaluator.get('type', '')):
+                evaluator['classwise'] = True
     if args.tta:
         for key in ('tta_model', 'tta_pipeline'):
             if key not in cfg:
@@ -81,12 +92,26 @@ def build_config(args):
     return cfg
 
 
+def _as_list(evaluators):
+    return list(evaluators) if isinstance(evaluators, (list, tuple)) else [evaluators]
+
+
+def classwise_results(runner):
+    """The per-class rows of the test evaluator's metrics (``Coco12Metric(classwise=True)``),
+    ``None`` when none computed them."""
+    for metric in runner.test_evaluator.metrics:
+        rows = getattr(metric, 'classwise_results', None)
+        if rows is not None:
+            return rows
+    return None
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.dist import is_main_process
-    from mmengine.runner import Runner
 
     from ddetr.datasets.transforms.loading import ImageLoadError
+    from ddetr.engine import CheckpointError, DdetrRunner
     from ddetr.engine.checkpoint import UntrustedCheckpointError
     from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
@@ -95,10 +120,11 @@ def main(argv=None):
         cfg = build_config(args)
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    runner = Runner.from_cfg(cfg)
+    runner = DdetrRunner.from_cfg(cfg)
     try:
         metrics = runner.test()
-    except (ImageLoadError, UntrustedCheckpointError) as e:  # a bad image or checkpoint
+    except (ImageLoadError, UntrustedCheckpointError, CheckpointError) as e:  # a bad image or
+        # checkpoint (not allow-listed, or not fitting the config's model)
         sys.exit(f'tools/test.py: stopped: {e}')
     if is_main_process():
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
@@ -106,6 +132,8 @@ def main(argv=None):
             [args.out_metrics] if args.out_metrics else [])
         record = dict(config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
                       metrics=metrics)
+        if args.classwise:
+            record['classwise'] = classwise_results(runner)
         for path in targets:
             os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
             with open(path, 'w') as f:

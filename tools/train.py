@@ -105,8 +105,8 @@ def build_config(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmengine.runner import Runner
 
+    from ddetr.engine import CheckpointError, DdetrRunner
     from ddetr.engine.checkpoint import UntrustedCheckpointError
     from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
@@ -115,14 +115,14 @@ def main(argv=None):
         cfg = build_config(args)
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    runner = Runner.from_cfg(cfg)
+    runner = DdetrRunner.from_cfg(cfg)
     from ddetr.engine import PreflightError
     try:
         runner.train()
     except PreflightError as e:  # a config/data mistake found before the first iteration
         sys.exit(f'{osp.basename(__file__)}: error (before training): {e}')
-    except UntrustedCheckpointError as e:  # load_from / --resume of a file not allow-listed
-        sys.exit(f'{osp.basename(__file__)}: stopped: {e}')
+    except (UntrustedCheckpointError, CheckpointError) as e:  # load_from / --resume: a file
+        sys.exit(f'{osp.basename(__file__)}: stopped: {e}')  # not allow-listed or not fitting
 
 
 if __name__ == '__main__':

@@ -11,11 +11,8 @@ from mmengine.config import Config
 from torch import nn
 
 from ddetr.datasets.transforms.loading import load_image
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model; the message names
-    the file."""
+from ddetr.engine.state_dict import (CheckpointError, check_state_dict_fits,  # noqa: F401
+                                     load_for_testing, state_dict_of)
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[Sequence[str]] = None,
@@ -54,8 +51,6 @@ def load_weights(model: nn.Module, checkpoint: str) -> dict:
     """Load an mmengine checkpoint (or a bare state dict) into ``model`` strictly, with
     safe unpickling (:func:`ddetr.engine.load_checkpoint_file`). Returns the checkpoint's
     ``meta`` (empty when it has none)."""
-    from mmengine.runner.checkpoint import load_state_dict
-
     from ddetr.engine.checkpoint import UntrustedCheckpointError, load_checkpoint_file
     if not osp.isfile(checkpoint):
         raise CheckpointError(f'checkpoint {checkpoint} does not exist')
@@ -65,69 +60,9 @@ def load_weights(model: nn.Module, checkpoint: str) -> dict:
         raise CheckpointError(str(e)) from None
     except Exception as e:  # truncated, not a torch file...
         raise CheckpointError(f'could not load checkpoint {checkpoint}: {e}') from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f'checkpoint {checkpoint} holds a {type(ckpt).__name__}, not a '
-                              f'state dict')
-    state_dict = ckpt.get('state_dict', ckpt)
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f'checkpoint {checkpoint} has no state dict of tensors')
-    if state_dict and all(k.startswith('module.') for k in state_dict):  # (D)DP prefix
-        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    check_state_dict_fits(model, state_dict, checkpoint)
-    try:
-        load_state_dict(model, state_dict, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f'checkpoint {checkpoint} does not fit the model: '
-                              f'{str(e).strip()[:2000]}') from None
+    load_for_testing(model, state_dict_of(ckpt, checkpoint), checkpoint)
     meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
     return meta
-
-
-_CONVERTERS = (
-    'python tools/model_converters/official2ddetr.py ORIGINAL.pth CONVERTED.pth  '
-    '(original Deformable DETR release)\n'
-    '  python tools/model_converters/mmdet2ddetr.py MMDET.pth CONVERTED.pth  (MMDetection)')
-
-
-def _source_of(keys) -> Optional[str]:
-    """Which unconverted release a state dict's keys look like, if any."""
-    if any(k.startswith(('backbone.0.body.', 'transformer.level_embed')) for k in keys):
-        return 'the original Deformable DETR release'
-    if any(k.startswith('bbox_head.') for k in keys) and not any(
-            k.startswith('bbox_head.cls_branches.') for k in keys):
-        return 'MMDetection (its head and transformer names)'
-    return None
-
-
-def check_state_dict_fits(model: nn.Module, state_dict: dict, checkpoint: str,
-                          min_fraction: float = 0.5) -> int:
-    """Refuse (CheckpointError) a state dict that would leave most of ``model``'s
-    parameters unloaded: the message names the config the model came from, how many
-    parameters matched by name and shape, the first missing and unexpected keys, and the
-    converter to run. Returns the number of matched entries."""
-    own = model.state_dict()
-    matched = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
-    if own and len(matched) >= min_fraction * len(own):
-        return len(matched)
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    config = getattr(getattr(model, 'cfg', None), 'filename', None) or 'the given config'
-    source = _source_of(state_dict)
-    lines = [f'checkpoint {checkpoint} does not fit the model built from {config}: '
-             f'{len(matched)} of its {len(own)} parameters/buffers match by name and shape'
-             + (' (the checkpoint is empty)' if not state_dict else '')]
-    if source:
-        lines.append(f'its keys are those of {source}, never converted to ddetr')
-    if missing:
-        lines.append(f'missing ({len(missing)}): {", ".join(missing[:5])}'
-                     + (' ...' if len(missing) > 5 else ''))
-    if unexpected:
-        lines.append(f'unexpected ({len(unexpected)}): {", ".join(unexpected[:5])}'
-                     + (' ...' if len(unexpected) > 5 else ''))
-    lines.append('check that the config is the one the checkpoint was trained with, or '
-                 'convert a released checkpoint first:\n  ' + _CONVERTERS)
-    raise CheckpointError('\n'.join(lines))
 
 
 def dataset_meta_of(cfg: Config, checkpoint_meta: Optional[dict] = None) -> dict:

@@ -43,3 +43,18 @@ def test_own_checkpoint_still_loads(model, tmp_path):
     path = str(tmp_path / 'good.pth')
     torch.save(dict(state_dict=model.state_dict(), meta={'x': 1}), path)
     assert load_weights(model, path) == {'x': 1}
+
+
+def test_refuses_an_unconverted_mmdet_checkpoint_naming_mmdetection(tmp_path):
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
+    from mmdet_equivalent import build_mmdet_model
+    cfg = load_config(QUICKSTART, TINY + ['model.as_two_stage=False'])
+    mmdet_model = build_mmdet_model(cfg.model.to_dict(), seed=0)
+    model = build_detector(cfg)
+    model.cfg = cfg
+    path = str(tmp_path / 'mmdet.pth')
+    torch.save(dict(state_dict=mmdet_model.state_dict(), meta={}), path)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(model, path)
+    assert 'its keys are those of MMDetection, never converted' in str(info.value)

@@ -69,3 +69,40 @@ def test_missing_detections_lower_recall(tiny_val):
 def test_rejects_settings_it_fixes():
     with pytest.raises(ValueError, match='proposal_nums'):
         Coco12Metric(ann_file=None, proposal_nums=(100,))
+
+
+def test_classwise_table_per_class_ap_and_ground_truth_counts(tiny_val):
+    """Perfect boxes for every class but one, whose predictions are all dropped: that
+    class has AP 0, the others AP 1; the counts are the annotation file's."""
+    samples, coco = _predictions_from_ground_truth(tiny_val.val_ann_file)
+    cats = sorted(coco['categories'], key=lambda c: c['id'])
+    classes = [c['name'] for c in cats]
+    counts = {c['name']: sum(a['category_id'] == c['id'] for a in coco['annotations'])
+              for c in cats}
+    dropped = next(name for name in classes if counts[name])  # a class with ground truth
+    for sample in samples:  # remove every prediction of `dropped`
+        pred = sample['pred_instances']
+        keep = pred['labels'] != classes.index(dropped)
+        sample['pred_instances'] = {k: v[keep] for k, v in pred.items()}
+    metric = Coco12Metric(ann_file=tiny_val.val_ann_file, metric='bbox', classwise=True)
+    metric.dataset_meta = dict(classes=classes)
+    metric.process({}, samples)
+    results = metric.evaluate(len(samples))
+    assert not any('precision' in k for k in results)  # the summary keys are unchanged
+    rows = {r['category']: r for r in metric.classwise_results}
+    assert list(rows) == classes
+    for name in classes:
+        assert rows[name]['num_gts'] == counts[name]
+        if not counts[name]:
+            assert rows[name]['AP'] is None
+        elif name == dropped:
+            assert rows[name]['AP'] == rows[name]['AP50'] == rows[name]['AP75'] == 0.0
+        else:
+            assert rows[name]['AP'] == rows[name]['AP50'] == pytest.approx(1.0)
+    # the mean of the per-class APs is COCO's AP
+    aps = [r['AP'] for r in rows.values() if r['AP'] is not None]
+    assert results['coco/bbox_mAP'] == pytest.approx(np.mean(aps), abs=1e-3)
+    from ddetr.evaluation.coco_metric import format_classwise
+    table = format_classwise(metric.classwise_results)
+    assert table.splitlines()[0].split() == ['category', 'AP', 'AP50', 'AP75', 'GTs']
+    assert f'{dropped}' in table and '0.0' in table and '100.0' in table

@@ -15,6 +15,9 @@ from ..layers import MLP
 from ..utils import (average_across_processes, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
                      offset_boxes)
 
+# Classification bias for a prior probability of 0.01 per class (focal loss init).
+PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
+
 
 @MODELS.register_module()
 class DeformableDETRHead(BaseModule):
@@ -87,9 +90,8 @@ class DeformableDETRHead(BaseModule):
         the last box layer zero, except the (w, h) bias of the first layer's branch = -2
         (sigma(-2) = 0.12, close to A.4's initial 0.1); two-stage sets that bias to 0 on
         every branch, since its boxes start from the proposals' sizes."""
-        bias = -math.log((1 - 0.01) / 0.01)
         for branch in self.cls_branches:
-            nn.init.constant_(branch.bias, bias)
+            nn.init.constant_(branch.bias, PRIOR_BIAS)
         for branch in self.reg_branches:
             nn.init.zeros_(branch.layers[-1].weight)
             nn.init.zeros_(branch.layers[-1].bias)
@@ -97,6 +99,13 @@ class DeformableDETRHead(BaseModule):
         if self.as_two_stage:
             for branch in self.reg_branches:
                 nn.init.zeros_(branch.layers[-1].bias[2:])
+
+    @torch.no_grad()
+    def init_cls_branch(self, branch: nn.Linear) -> None:
+        """A classification layer as new (fine-tuning to other classes): nn.Linear's
+        initial weight and the prior-probability bias."""
+        branch.reset_parameters()
+        nn.init.constant_(branch.bias, PRIOR_BIAS)
 
     def init_weights(self) -> None:
         if self.init_cfg:

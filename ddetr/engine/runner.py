@@ -1,0 +1,40 @@
+"""mmengine's Runner with ddetr's rules for ``load_from`` (see
+:mod:`ddetr.engine.state_dict`): training fine-tunes (every parameter whose name and shape
+match is loaded, only the classification layers may be re-initialized, one log block says
+which), testing and validation load every parameter or stop. ``--resume`` is mmengine's."""
+from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint
+
+from .state_dict import load_for_finetuning, load_for_testing, state_dict_of
+
+
+class DdetrRunner(Runner):
+    """The Runner of ``tools/train.py`` and ``tools/test.py``."""
+
+    _finetune = False  # set by train(): load_from is a starting point, not the model
+
+    def train(self):
+        self._finetune = True
+        return super().train()
+
+    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
+                        revise_keys=None):
+        """Load ``filename`` into the model: for fine-tuning when training, strictly
+        otherwise (``strict`` and ``revise_keys`` of mmengine's signature are replaced by
+        these rules; a ``module.`` prefix is removed). Raises
+        :class:`ddetr.engine.state_dict.CheckpointError` naming what does not fit."""
+        checkpoint = _load_checkpoint(filename, map_location=map_location)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        if isinstance(model, BaseTTAModel):  # test-time augmentation wraps the detector
+            model = model.module
+        state_dict = state_dict_of(checkpoint, filename)
+        config = getattr(self.cfg, 'filename', None)
+        if self._finetune:
+            self.logger.info(load_for_finetuning(model, state_dict, filename, config))
+        else:
+            load_for_testing(model, state_dict, filename, config)
+            self.logger.info(f'Loaded checkpoint {filename}')
+        self._has_loaded = True
+        return checkpoint
