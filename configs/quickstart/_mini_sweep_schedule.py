@@ -9,7 +9,7 @@
 # the quick start's schedule changes.
 _base_ = './ddetr_tiny_synthetic.py'
 
-max_iters = 400  # the knob (the README's mini sweep: 400 iterations of batch 8 a row)
+max_iters = 800  # the knob (the README's mini sweep: 800 iterations of batch 8 a row)
 num_val_points = 5  # validate at 20%, 40%, ..., 100%
 
 val_interval = max_iters // num_val_points

@@ -157,7 +157,8 @@ def load_for_finetuning(model: nn.Module, state_dict: dict, checkpoint: str,
         _reinit_class_layers(model, missing_cls, config)
     model.load_state_dict(loadable, strict=False)
 
-    unused = [k for k in state_dict if k not in loadable]
+    # (class layers of another size are reported as re-initialized, not as unused)
+    unused = [k for k in state_dict if k not in loadable and not (k in own and _is_class_layer(k))]
     lines = [f'load_from {checkpoint}: {len(loadable)} of the model\'s {len(own)} '
              f'parameters/buffers loaded']
     if class_left:

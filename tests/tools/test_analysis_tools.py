@@ -26,6 +26,7 @@ sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
 import amp_geometry_error  # noqa: E402
 import benchmark_model  # noqa: E402
+import benchmark_op  # noqa: E402
 import model_complexity  # noqa: E402
 import vis_sampling_points as vis  # noqa: E402
 from converter_utils import ConversionError  # noqa: E402
@@ -395,3 +396,19 @@ def test_amp_geometry_error_reports_float32_locations_per_level():
     assert len(results['encoder']) == 4 and max(results['encoder']) <= 0.01
     encoder_line, = [line for line in lines if line.startswith('encoder:')]
     assert 'op got float32 locations' in encoder_line and '16x24' in encoder_line
+
+
+def test_benchmark_op_floor_counts_the_bytes_the_op_must_move():
+    """The paper's encoder workload (msda-kernel-notes): forward 79.7 MB in float32
+    (value, locations, weights, output), backward 136.5 MB more; half in bfloat16."""
+    inputs = benchmark_op.make_inputs('encoder')
+    forward = benchmark_op.bytes_moved(inputs, backward=False)
+    both = benchmark_op.bytes_moved(inputs, backward=True)
+    assert forward / 1e6 == pytest.approx(79.7, abs=0.2)
+    assert (both - forward) / 1e6 == pytest.approx(136.5, abs=0.5)
+    half = [t.bfloat16() if t.is_floating_point() else t for t in inputs]
+    assert benchmark_op.bytes_moved(half, backward=True) * 2 == both
+    bandwidth = benchmark_op.copy_bandwidth(1 << 20, min_seconds=0.01)
+    assert bandwidth > 1e8  # bytes per second: at least 0.1 GB/s on any machine
+    assert benchmark_op.floor_ms(inputs, True, bandwidth) == pytest.approx(
+        both / bandwidth * 1e3)

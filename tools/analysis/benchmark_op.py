@@ -10,7 +10,15 @@ Prints times (median of at least --repeat runs; short ones are repeated to fill 
 peak memory of forward+backward, each measured in a fresh process, and the ratios
 fallback / ddetr with the project's targets.
 
+Each time is also shown as a multiple of this machine's floor for it: the bytes the op
+must move at least (forward: value, sampling locations, attention weights and output once;
+backward: those inputs, the output gradient and the three input gradients once) divided by
+the memory bandwidth of a plain `copy_` of a tensor of the value's size, measured in the
+same run with the same threads ("x floor" 1.0 = as fast as copying its data). --dtypes
+adds ddetr's times for bfloat16/float16 inputs beside float32 (they move half the bytes).
+
     python tools/analysis/benchmark_op.py [--repeat 5] [--threads 2] [--json out.json]
+    python tools/analysis/benchmark_op.py --dtypes float32 bfloat16 float16
 """
 import argparse
 import json
@@ -26,9 +34,9 @@ import torch.nn.functional as F
 SPATIAL_SHAPES = [(100, 167), (50, 84), (25, 42), (13, 21)]
 NUM_HEADS, HEAD_DIMS, NUM_POINTS = 8, 32, 4
 WORKLOADS = {'encoder': dict(bs=1, num_queries=None), 'decoder': dict(bs=2, num_queries=300)}
-# Targets of the foundation issue, as (metric, minimum ratio fallback / ddetr).
-TARGETS = {('encoder', 'forward'): 10.0, ('encoder', 'forward+backward'): 8.0,
-           ('decoder', 'forward'): 20.0}
+# Targets of the performance issue, as (metric, minimum ratio fallback / ddetr).
+TARGETS = {('encoder', 'forward'): 25.0, ('encoder', 'forward+backward'): 15.0,
+           ('decoder', 'forward'): 30.0, ('decoder', 'forward+backward'): 15.0}
 MEMORY_TARGET = 1 / 0.3  # ddetr's fwd+bwd peak memory <= 0.3x the fallback's
 
 
@@ -91,6 +99,43 @@ def make_inputs(workload, seed=0):
     weights = torch.randn(bs, num_queries, NUM_HEADS, num_levels * NUM_POINTS, generator=gen)
     weights = weights.softmax(-1).view(bs, num_queries, NUM_HEADS, num_levels, NUM_POINTS)
     return value, spatial_shapes, level_start_index, locations.contiguous(), weights
+
+
+def bytes_moved(inputs, backward: bool) -> int:
+    """The least bytes one call must read and write: every input and the output once; for
+    forward+backward also the output gradient and the gradients of value, sampling
+    locations and attention weights (the integer shape tensors are negligible)."""
+    value, _, _, locations, weights = inputs
+    bs, num_queries, num_heads = locations.shape[:3]
+    size = value.element_size()
+    output = bs * num_queries * num_heads * value.shape[-1] * size
+    tensors = value.nbytes + locations.nbytes + weights.nbytes
+    forward = tensors + output
+    if not backward:
+        return forward
+    return forward + 2 * tensors + output  # reads inputs and grad_out, writes 3 gradients
+
+
+def copy_bandwidth(nbytes: int, device: str = 'cpu', min_seconds: float = 0.3) -> float:
+    """Bytes per second of ``dst.copy_(src)`` for float32 tensors of ``nbytes`` (a copy
+    reads and writes each byte: 2 * nbytes moved), median of runs filling ``min_seconds``."""
+    src = torch.randn(max(nbytes // 4, 1), device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    while sum(times) < min_seconds or len(times) < 5:
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(times)
+
+
+def floor_ms(inputs, backward: bool, bandwidth: float) -> float:
+    return bytes_moved(inputs, backward) / bandwidth * 1e3
 
 
 def implementations():
@@ -191,6 +236,10 @@ def main():
     parser.add_argument('--json', help='also write the results to this file')
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'],
                         help='where to run (cuda: CUDA events, warm-up, GPU peak memory)')
+    parser.add_argument('--dtypes', nargs='+', default=['float32'],
+                        choices=['float32', 'bfloat16', 'float16'],
+                        help='input dtypes of ddetr\'s op to time (the fallback and the '
+                        'ratios use float32; default: %(default)s)')
     parser.add_argument('--memory-worker', nargs=2, metavar=('IMPL', 'WORKLOAD'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,27 +255,44 @@ def main():
           f'{args.threads} threads, float32, median of >= {args.repeat} runs (more for '
           f'short ones, to fill 0.5 s)')
     impls = implementations()
-    results = {}
+    ours, base = 'ddetr (compiled)', 'fallback (grid_sample)'
+    metrics = (('forward', False), ('forward+backward', True))
+    results, floors = {}, {}
     for workload in WORKLOADS:
         inputs = [t.to(args.device) for t in make_inputs(workload)]
+        bandwidth = copy_bandwidth(inputs[0].nbytes, args.device)
         for name, fn in impls.items():
             row = results.setdefault(workload, {}).setdefault(name, {})
-            for metric, backward in (('forward', False), ('forward+backward', True)):
-                if args.device == 'cuda':
-                    row[metric] = time_it_cuda(fn, inputs, backward, args.repeat)
-                else:
-                    row[metric] = time_it(fn, inputs, backward, args.repeat)
+            for metric, backward in metrics:
+                row[metric] = _time(fn, inputs, backward, args)
             row['peak MB'] = (measure_memory_cuda(fn, inputs) if args.device == 'cuda'
                               else measure_memory(name, workload, args.threads))
             print(f'  measured {workload:8s} {name}', file=sys.stderr)
+        for dtype in args.dtypes:
+            cast = [t.to(getattr(torch, dtype)) if t.is_floating_point() else t
+                    for t in inputs]
+            floors[workload, dtype] = {m: floor_ms(cast, b, bandwidth) for m, b in metrics}
+            if dtype != 'float32' and ours in impls:
+                row = results[workload].setdefault(f'{ours} {dtype}', {})
+                for metric, backward in metrics:
+                    row[metric] = _time(impls[ours], cast, backward, args)
+                print(f'  measured {workload:8s} {ours} {dtype}', file=sys.stderr)
+        print(f'  {workload}: copy_ bandwidth {bandwidth / 1e9:.1f} GB/s', file=sys.stderr)
 
-    ours, base = 'ddetr (compiled)', 'fallback (grid_sample)'
-    print('\n| workload | implementation | forward ms | fwd+bwd ms | fwd+bwd peak MB |')
-    print('|---|---|---:|---:|---:|')
+    print('\n| workload | implementation | forward ms | x floor | fwd+bwd ms | x floor | '
+          'fwd+bwd peak MB |')
+    print('|---|---|---:|---:|---:|---:|---:|')
     for workload, rows in results.items():
         for name, row in rows.items():
-            print(f'| {workload} | {name} | {row["forward"]:.1f} | {row["forward+backward"]:.1f} '
-                  f'| {row["peak MB"]:.0f} |')
+            dtype = name.split()[-1] if name.split()[-1] in args.dtypes else 'float32'
+            floor = floors[workload, dtype]
+            peak = f'{row["peak MB"]:.0f}' if 'peak MB' in row else '-'
+            print(f'| {workload} | {name} | {row["forward"]:.1f} | '
+                  f'{row["forward"] / floor["forward"]:.1f} | {row["forward+backward"]:.1f} | '
+                  f'{row["forward+backward"] / floor["forward+backward"]:.1f} | {peak} |')
+    print('\n(floor: bytes moved / copy_ bandwidth; ' + '; '.join(
+        f'{w} {d}: {f["forward"]:.2f} / {f["forward+backward"]:.2f} ms'
+        for (w, d), f in floors.items()) + ')')
     if ours not in impls:
         print('\nddetr._C is not built: only the fallback was measured.')
         return
@@ -250,10 +316,24 @@ def main():
             if mem > 0.3:
                 failed.append('encoder memory')
         print(f'| {workload} | | {cells[0]} | {cells[1]} | {mem:.2f}{mem_mark} |')
+    for dtype in args.dtypes:
+        if dtype == 'float32':
+            continue
+        cells = [f'{rows[ours][m] / rows[f"{ours} {dtype}"][m]:.2f}x' for rows in
+                 results.values() for m, _ in metrics]
+        print(f'\n{dtype} speed-up over float32 (encoder fwd, fwd+bwd, decoder fwd, '
+              f'fwd+bwd): {", ".join(cells)}')
     print('\nall targets met' if not failed else f'\ntargets missed: {", ".join(failed)}')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
+            json.dump(dict(results=results, floor_ms={f'{w} {d}': f for (w, d), f in
+                                                      floors.items()}), f, indent=2)
+
+
+def _time(fn, inputs, backward, args):
+    if args.device == 'cuda':
+        return time_it_cuda(fn, inputs, backward, args.repeat)
+    return time_it(fn, inputs, backward, args.repeat)
 
 
 if __name__ == '__main__':
