@@ -227,17 +227,23 @@ def test_non_contiguous_inputs(backend):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+# 252 keys: 50 queries x 12 samples read each value row about twice (the half kernel runs);
+# 400 queries about 19 times (float16 then runs the float32 kernel on converted inputs).
+@pytest.mark.parametrize('num_queries', [50, 400])
 @pytest.mark.parametrize('dtype,tol', [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
-def test_half_precision_against_float32(isa, dtype, tol):
+def test_half_precision_against_float32(isa, dtype, tol, num_queries):
     value, shapes, starts, loc, attn = make_inputs(bs=2, shapes=((16, 12), (8, 6), (4, 3)),
-                                                   num_queries=50, num_heads=4, head_dims=32,
-                                                   num_points=4, dtype=torch.float32)
+                                                   num_queries=num_queries, num_heads=4,
+                                                   head_dims=32, num_points=4, dtype=torch.float32)
     low = [t.to(dtype) for t in (value, loc, attn)]
     out_low = ms_deform_attn(low[0], shapes, starts, low[1], low[2])
     # The float32 result on the half-rounded inputs isolates the kernel's own error.
     out_ref = ms_deform_attn(low[0].float(), shapes, starts, low[1].float(), low[2].float())
     assert out_low.dtype == dtype
     torch.testing.assert_close(out_low.float(), out_ref, rtol=tol, atol=tol)
+    # Both ways compute in float32 in the same order: the forward is exactly the rounded
+    # float32 result.
+    assert torch.equal(out_low, out_ref.to(dtype))
     # Backward runs in float32 accumulation: value and attention gradients stay close.
     grad_out = torch.randn_like(out_ref)
     g_low = grads(ms_deform_attn, (low[0], shapes, starts, low[1], low[2]), grad_out.to(dtype))
