@@ -268,7 +268,7 @@ def main():
             row['peak MB'] = (measure_memory_cuda(fn, inputs) if args.device == 'cuda'
                               else measure_memory(name, workload, args.threads))
             print(f'  measured {workload:8s} {name}', file=sys.stderr)
-        for dtype in args.dtypes:
+        for dtype in dict.fromkeys(['float32', *args.dtypes]):  # float32: the ratios' rows
             cast = [t.to(getattr(torch, dtype)) if t.is_floating_point() else t
                     for t in inputs]
             floors[workload, dtype] = {m: floor_ms(cast, b, bandwidth) for m, b in metrics}
