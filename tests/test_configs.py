@@ -1,6 +1,7 @@
 """Every config builds its model (full size, no pretrained weights); the Table 1 models
 have exactly the original release's parameter counts; the variants change only what
 differs; the schedule and augmentation are the paper's."""
+import copy
 import glob
 import os.path as osp
 import runpy
@@ -184,7 +185,18 @@ def test_quickstart_replaces_the_coco_settings_it_inherits():
         assert lrs[id(p)] == pytest.approx(4e-5 if slow else 4e-4), name
     assert 'batch_sampler' not in cfg.train_dataloader
     assert 'backend_args' not in cfg.train_dataloader.dataset
-    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=1800, val_interval=1800)
+    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=2800, val_interval=2800)
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.param_scheduler[1].milestones == [int(2800 * 0.75)]
+    # one fused kernel per parameter (the default would loop over them in Python)
+    assert wrapper.optimizer.defaults['fused'] and not wrapper.optimizer.defaults['foreach']
+
+
+def test_paper_schedule_steps_all_parameters_at_once():
+    """foreach=True: torch's multi-tensor AdamW everywhere (its default only on GPUs)."""
+    cfg, model = build(config_path('ddetr_r50.py'))
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert wrapper.optimizer.defaults['foreach'] is True
 
 
 # ---------------------------------------------------------------- the mini sweep (issue 9)
@@ -214,9 +226,23 @@ def test_mini_sweep_rows_share_seed_data_schedule_and_evaluation():
     assert knob.param_scheduler[1].milestones == [int(knob.max_iters * 0.8)]
     assert knob.default_hooks.checkpoint.interval == knob.train_cfg.val_interval
     assert knob.default_hooks.logger.log_metric_by_epoch is False
+    # pinned to what the README's sweep was measured with: batch 8, lr 4e-4, 100 warm-up
+    # iterations, torch's per-parameter AdamW numbers (foreach gives the same bits)
+    assert knob.train_dataloader.batch_size == 8
+    assert knob.optim_wrapper.optimizer.lr == 4e-4
+    assert knob.optim_wrapper.optimizer.foreach is True and not knob.optim_wrapper.optimizer.fused
+    assert knob.param_scheduler[0].end == 100
     for key in SHARED:
-        if key not in ('train_cfg', 'param_scheduler', 'default_hooks'):
+        if key not in ('train_cfg', 'param_scheduler', 'default_hooks', 'train_dataloader',
+                       'optim_wrapper'):
             assert knob[key] == quickstart[key], key
+    for key in ('train_dataloader', 'optim_wrapper'):  # all but the pinned values
+        pinned, own = copy.deepcopy(knob[key]), copy.deepcopy(quickstart[key])
+        for cfg_dict in (pinned, own):
+            cfg_dict.pop('batch_size', None)
+            for name in ('lr', 'foreach', 'fused'):
+                cfg_dict.get('optimizer', {}).pop(name, None)
+        assert pinned == own, key
     for path in MINI_ROWS:
         cfg = Config.fromfile(path)
         for key in SHARED:

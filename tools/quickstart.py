@@ -3,7 +3,7 @@ synthetic shapes dataset, train the scaled-down two-stage Deformable DETR with i
 box refinement from scratch, evaluate the 12 COCO metrics with tools/test.py, and draw
 ground truth vs predictions on a few val images.
 
-    python tools/quickstart.py                      # ~11 min on 2 CPU cores
+    python tools/quickstart.py                      # ~10-15 min on 2 CPU cores
     python tools/quickstart.py --work-dir work_dirs/qs --cfg-options train_cfg.max_iters=300
 
 Each step is the project's own tool (tools/train.py, tools/test.py,

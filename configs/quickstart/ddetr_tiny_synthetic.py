@@ -50,7 +50,7 @@ test_pipeline = [
 # and 50 epochs wholesale (_delete_).
 train_dataloader = dict(
     _delete_=True,
-    batch_size=8,
+    batch_size=4,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
@@ -83,26 +83,34 @@ val_evaluator = dict(  # Coco12Metric: mmdet's CocoMetric reporting all 12 COCO 
     type='Coco12Metric', ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
 test_evaluator = val_evaluator
 
-max_iters = 1800
+# The schedule: 2800 iterations of batch 4 (11,200 images, 5.6 epochs), the learning rate
+# x0.1 for the last quarter. Against the first quick start's 1800 iterations of batch 8
+# (drop at 80 %), it sees 22 % fewer images for the same AP (README, "Results"): at this
+# size Deformable DETR learns more per image from more, smaller steps, and a long
+# low-learning-rate phase pays (dropping at 65 % instead cost 0.014 AP in a trial).
+max_iters = 2800
+lr_drop = int(max_iters * 0.75)
 optim_wrapper = dict(
     # bfloat16 autocast on CPU (about 1.7x faster here); on a GPU this runs in float32
     type='CPUAmpOptimWrapper',
-    optimizer=dict(lr=4e-4),  # for the batch of 8
+    # fused: one kernel per parameter (torch's default steps each parameter with several
+    # kernels in Python, ~15 % of a quick-start step on CPU)
+    optimizer=dict(lr=4e-4, foreach=None, fused=True),
     # the backbone trains from scratch, so at the full learning rate (no backbone key)
     paramwise_cfg=dict(_delete_=True,
                        custom_keys={'sampling_offsets': dict(lr_mult=0.1),
                                     'reference_points': dict(lr_mult=0.1)}))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=100),
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=200),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
-         milestones=[int(max_iters * 0.8)], gamma=0.1),
+         milestones=[lr_drop], gamma=0.1),
 ]
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=250, max_keep_ckpts=2,
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2,
                     save_best=None))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)  # a reproducible quick start
-auto_scale_lr = dict(enable=False, base_batch_size=8)
+auto_scale_lr = dict(enable=False, base_batch_size=4)

@@ -2,17 +2,26 @@
 :mod:`ddetr.engine.state_dict`): training fine-tunes (every parameter whose name and shape
 match is loaded, only the classification layers may be re-initialized, one log block says
 which), testing and validation load every parameter or stop. ``--resume`` is mmengine's."""
+import torch
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
+from .cpu_memory import keep_freed_memory
 from .state_dict import load_for_finetuning, load_for_testing, state_dict_of
 
 
 class DdetrRunner(Runner):
-    """The Runner of ``tools/train.py`` and ``tools/test.py``."""
+    """The Runner of ``tools/train.py`` and ``tools/test.py``. Without a GPU it also makes
+    malloc keep freed memory for reuse (:mod:`ddetr.engine.cpu_memory`)."""
 
     _finetune = False  # set by train(): load_from is a starting point, not the model
+
+    def __init__(self, *args, **kwargs):
+        memory = None if torch.cuda.is_available() else keep_freed_memory()
+        super().__init__(*args, **kwargs)
+        if memory:
+            self.logger.info(memory)
 
     def train(self):
         self._finetune = True

@@ -495,3 +495,22 @@ def test_compiled_path_reads_no_values_in_python(monkeypatch):
         out = ms_deform_attn(*inputs)
         monkeypatch.undo()
     assert torch.equal(out, expected)
+
+
+@compiled_only  # the work split and the half-type accumulators are the CPU kernel's
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('bs,num_heads', [(1, 2), (2, 8)])
+def test_half_backward_is_float32_backward_rounded(dtype, bs, num_heads):
+    """Half types accumulate in float32 (per-head scratch or float32 buffers, by work split),
+    so their gradients are the float32 kernel's on the same values, rounded once."""
+    torch.manual_seed(0)
+    value, shapes, starts, loc, attn = make_inputs(bs=bs, num_heads=num_heads, head_dims=32,
+                                                   num_queries=40, dtype=torch.float32)
+    value, loc, attn = (t.to(dtype) for t in (value, loc, attn))
+    grad_out = torch.randn(bs, 40, num_heads * 32).to(dtype)
+    half = torch.ops.ddetr.ms_deform_attn_backward(value, shapes, starts, loc, attn, grad_out, 64)
+    wide = torch.ops.ddetr.ms_deform_attn_backward(value.float(), shapes, starts, loc.float(),
+                                                   attn.float(), grad_out.float(), 64)
+    for name, h, w in zip(('value', 'locations', 'weights'), half, wide):
+        assert h.dtype == dtype
+        assert torch.equal(h, w.to(dtype)), name

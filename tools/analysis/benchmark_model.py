@@ -14,7 +14,10 @@ mmdet's deformable attention runs mmcv's pure-PyTorch grid_sample fallback; ddet
 its compiled op.
 
 Inputs: one random image of --shape H W per sample (batch --batch-size), with 5 random
-ground-truth boxes each for training. AdamW (lr 2e-4) steps the trainable parameters.
+ground-truth boxes each for training. AdamW (lr 2e-4) steps the trainable parameters, with
+the implementation each project's config selects (ddetr: ``foreach``; MMDetection: torch's
+default, a per-parameter loop on CPU). The timing process keeps freed memory for reuse,
+as ddetr's train/test tools do (:mod:`ddetr.engine.cpu_memory`), for both models.
 Times: median of --iters runs after one warm-up, the two models alternating. Peak memory:
 how far one run raises the resident set (VmHWM after resetting it through
 /proc/self/clear_refs) above what the process already holds, each model in a fresh
@@ -108,14 +111,26 @@ def make_batch(shape, batch_size, seed=0):
     return inputs, samples
 
 
+def optimizer_kernels(args, impl: str) -> Dict[str, object]:
+    """AdamW's implementation as each project's config sets it: ddetr's schedule asks for
+    ``foreach`` (and the quick start for ``fused``); MMDetection's Deformable DETR configs
+    leave torch's default, a Python loop over parameters on CPU."""
+    if impl == 'mmdet':
+        return {}
+    from ddetr.apis import load_config
+    optimizer = load_config(args.config, args.cfg_options).optim_wrapper.optimizer
+    return {key: optimizer[key] for key in ('foreach', 'fused') if optimizer.get(key)}
+
+
 class Workload:
     """One model's training iteration and inference on fixed inputs."""
 
-    def __init__(self, model, inputs, samples) -> None:
+    def __init__(self, model, inputs, samples, kernels=None) -> None:
         self.model = model
         self.inputs, self.samples = inputs, samples
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=1e-4)
+            [p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=1e-4,
+            **(kernels or {}))
 
     def train_step(self) -> None:
         self.model.train()
@@ -169,7 +184,9 @@ def memory_worker(args) -> None:
     if args.memory_worker == 'ddetr_with_cp':
         for layer in (*model.encoder.layers, *model.decoder.layers):
             layer.with_cp = True
-    workload = Workload(model, *make_batch(args.shape, args.batch_size))
+    workload = Workload(model, *make_batch(args.shape, args.batch_size),
+                        optimizer_kernels(args, 'mmdet' if args.memory_worker == 'mmdet'
+                                          else 'ddetr'))
     result = {}
     for phase, run in (('inference', workload.inference), ('train', workload.train_step)):
         run()  # warm-up: libraries, caches, optimizer state
@@ -233,8 +250,11 @@ def format_report(results: dict) -> str:
 
 
 def run(args, log=print) -> dict:
+    from ddetr.engine.cpu_memory import keep_freed_memory
     from ddetr.ops import backend_info
     torch.set_num_threads(args.threads)
+    # as in tools/train.py and tools/test.py (DdetrRunner), for both models
+    log(keep_freed_memory())
     height, width = args.shape
     log(f'benchmark_model: {args.config}, {args.batch_size} x {height}x{width}, '
         f'{args.threads} threads, median of {args.iters} after a warm-up; {backend_info()}')
@@ -243,8 +263,10 @@ def run(args, log=print) -> dict:
     diff = max_output_difference(ddetr_model, mmdet_model, inputs, samples)
     log(f'outputs of the two models differ by at most {diff["logits"]:.2e} (logits), '
         f'{diff["boxes"]:.2e} (boxes)')
-    workloads = dict(ddetr=Workload(ddetr_model, inputs, samples),
-                     mmdet=Workload(mmdet_model, inputs, samples))
+    workloads = {impl: Workload(model, inputs, samples, optimizer_kernels(args, impl))
+                 for impl, model in zip(IMPLS, (ddetr_model, mmdet_model))}
+    log(f'AdamW kernels: ddetr {optimizer_kernels(args, "ddetr") or "torch default"}, mmdet '
+        f'torch default (as their configs set them)')
     times = time_runs(workloads, args.iters, log)
     results = dict(config=args.config, shape=[height, width], batch_size=args.batch_size,
                    threads=args.threads, iters=args.iters, time_ms=times,

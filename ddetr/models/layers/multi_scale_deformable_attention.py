@@ -175,27 +175,30 @@ class MultiScaleDeformableAttention(BaseModule):
             weights = logits.view(bs, num_queries, num_heads, num_levels, num_points).softmax(-1)
             weights = weights * self._level_shares(query_levels, num_queries, weights)
 
-        # Locations are computed on the flat (M * L * K * 2) layout of the offsets, where
-        # the factors broadcast over leading dims only (a 6-d broadcast whose innermost
-        # size is 2 runs several times slower on CPU).
+        # Locations are computed on a (bs, nq, M, L * K * 2) layout: the reference points are
+        # repeated over the K points of each level (a copy 1/M the size of the locations)
+        # and broadcast over the heads, so every operand's innermost dim is L * K * 2
+        # contiguous values (6-d broadcasts whose innermost size is 2 run several times
+        # slower on CPU, as does materializing them).
 
         def per_point(t: Tensor) -> Tensor:
-            # (bs, nq, L, 2) -> (bs, nq, M, L, K, 2) -> (bs, nq, M * L * K * 2)
-            return t[:, :, None, :, None, :].expand(-1, -1, num_heads, -1, num_points,
-                                                    -1).flatten(2)
+            # (bs, nq, L, 2) -> (bs, nq, L, K, 2) -> (bs, nq, 1, L * K * 2)
+            return t[:, :, :, None, :].expand(-1, -1, -1, num_points, -1).reshape(
+                bs, num_queries, 1, num_levels * num_points * 2)
 
+        offsets = offsets.view(bs, num_queries, num_heads, num_levels * num_points * 2)
         if reference_points.shape[-1] == 2:
             # offsets in pixels of each level: loc = p + dp / (W_l, H_l)
             inv_size = 1.0 / spatial_shapes.flip(-1).to(loc_dtype)  # (L, 2) as (1 / W, 1 / H)
-            # (L, 2) -> (M, L, K, 2) -> (M * L * K * 2,)
-            inv_size = inv_size[None, :, None, :].expand(num_heads, -1, num_points, -1).flatten()
+            # (L, 2) -> (L, K, 2) -> (L * K * 2,)
+            inv_size = inv_size[:, None, :].expand(-1, num_points, -1).flatten()
             locations = torch.addcmul(per_point(reference_points), offsets, inv_size)
         else:
             # A.4: offsets modulated by the box size, scaled by 1 / (2K):
             # loc = (cx, cy) + dp * (w, h) / (2K)
             locations = torch.addcmul(per_point(reference_points[..., :2]), offsets,
-                                      per_point(reference_points[..., 2:]) * (0.5 / num_points))
-        # (bs, nq, M * L * K * 2) -> (bs, nq, M, L, K, 2)
+                                      per_point(reference_points[..., 2:] * (0.5 / num_points)))
+        # (bs, nq, M, L * K * 2) -> (bs, nq, M, L, K, 2)
         locations = locations.view(bs, num_queries, num_heads, num_levels, num_points, 2)
 
         # The op takes one dtype: the locations stay as they are (float32 or wider) and the

@@ -239,10 +239,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     return {grad_value.to(at::kHalf), grad_loc.to(at::kHalf), grad_attn.to(at::kHalf)};
   }
 
-  auto grad_value = at::zeros_like(value, at::MemoryFormat::Contiguous);
+  const bool by_head = cpu::split_by_head(s);
+  // Per-head scratch (see backward in ms_deform_attn_cpu_kernel.h), except for float16,
+  // whose float32 accumulator is converted by ATen's vectorized copy_ instead.
+  const bool head_slices = by_head && value.scalar_type() != at::kHalf;
+  const bool empty = grad_output.numel() == 0 || sampling_locations.numel() == 0;
+  // grad_value is zeroed only where it is itself an accumulator (float32/float64 without
+  // head slices); otherwise every element is written once (head slices, or the conversion
+  // of the float32 accumulators of half types below).
+  const bool accumulates_in_place = !head_slices && (value.scalar_type() == at::kFloat ||
+                                                     value.scalar_type() == at::kDouble);
+  auto grad_value = empty || accumulates_in_place
+                        ? at::zeros_like(value, at::MemoryFormat::Contiguous)
+                        : at::empty_like(value, at::MemoryFormat::Contiguous);
   auto grad_sampling_locations = at::empty_like(sampling_locations);
   auto grad_attention_weights = at::empty_like(attention_weights);
-  if (grad_output.numel() == 0 || sampling_locations.numel() == 0) {
+  if (empty) {
     grad_sampling_locations.zero_();
     grad_attention_weights.zero_();
     return {grad_value, grad_sampling_locations, grad_attention_weights};
@@ -252,17 +264,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         constexpr bool kSameType = std::is_same_v<acc_t, scalar_t>;
-        // grad_value buffers: one per thread when threads split the queries, else one. In
-        // float32/float64 the first is grad_value itself; half types accumulate in float32.
-        const bool by_head = cpu::split_by_head(s);
-        const int64_t num_bufs = by_head ? 1 : std::max(1, at::get_num_threads());
-        const int64_t num_private = kSameType ? num_bufs - 1 : num_bufs;
-        auto private_bufs = at::zeros({num_private, value.numel()},
+        // Whole-tensor accumulators: one per thread split by query, one by head without
+        // head slices (float16), none with them. In float32/float64 the first is grad_value
+        // itself; half types accumulate in float32. Summed/converted below.
+        const int64_t num_bufs = head_slices ? 0 : by_head ? 1 : std::max(1, at::get_num_threads());
+        const int64_t num_private = kSameType ? std::max<int64_t>(num_bufs - 1, 0) : num_bufs;
+        auto private_bufs = at::zeros({num_private, num_private ? value.numel() : 0},
                                       value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         std::vector<acc_t*> bufs;
-        if constexpr (kSameType) bufs.push_back(grad_value.mutable_data_ptr<acc_t>());
-        for (int64_t t = 0; t < num_private; ++t) {
-          bufs.push_back(private_bufs.mutable_data_ptr<acc_t>() + t * value.numel());
+        if (num_bufs > 0) {
+          if constexpr (kSameType) bufs.push_back(grad_value.mutable_data_ptr<acc_t>());
+          for (int64_t t = 0; t < num_private; ++t) {
+            bufs.push_back(private_bufs.mutable_data_ptr<acc_t>() + t * value.numel());
+          }
         }
         const auto args = make_args<scalar_t>(value, spatial_shapes, level_start_index,
                                               sampling_locations, attention_weights, s);
@@ -271,9 +285,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         scalar_t* g_attn = grad_attention_weights.mutable_data_ptr<scalar_t>();
         dispatch_head_dims(s.head_dims, [&](auto head_dims) {
           backward_isa<scalar_t, decltype(head_dims)::value>(
-              args, go, by_head, static_cast<acc_t* const*>(bufs.data()),
-              static_cast<int64_t>(bufs.size()), g_loc, g_attn);
+              args, go, by_head, head_slices, grad_value.mutable_data_ptr<scalar_t>(),
+              static_cast<acc_t* const*>(bufs.data()), static_cast<int64_t>(bufs.size()),
+              g_loc, g_attn);
         });
+        if (head_slices) return;
         // Sum the private buffers into grad_value.
         auto flat = grad_value.view({-1});
         if constexpr (kSameType) {

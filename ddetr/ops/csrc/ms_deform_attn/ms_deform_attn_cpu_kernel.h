@@ -87,11 +87,13 @@ inline void forward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64
 
 // Backward of one (query, head) in dot-product form: per corner, dot = <grad_out, v> feeds
 // the location and attention gradients (msda::bilinear_point_backward), and
-// attn * weight * grad_out is added to that corner's row of grad_value.
+// attn * weight * grad_out is added to that corner's row of the value gradient: row k of
+// (batch b, head m) at grad_value_bm + k * gv_key_stride (a whole-tensor buffer laid out
+// like value, or one head's compact num_keys x head_dims slice).
 template <typename scalar_t, int kHeadDims>
 inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
                                 const scalar_t* grad_output, at::opmath_type<scalar_t>* go,
-                                at::opmath_type<scalar_t>* grad_value,
+                                at::opmath_type<scalar_t>* grad_value_bm, int64_t gv_key_stride,
                                 scalar_t* grad_sampling_locations,
                                 scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -105,13 +107,13 @@ inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int6
   const scalar_t* attn = a.attention_weights + head_point;
   scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
   scalar_t* grad_attn = grad_attention_weights + head_point;
-  const int64_t value_b = (bq / s.num_queries) * s.num_keys * key_stride;  // element offset
+  const scalar_t* value_bm = a.value + (bq / s.num_queries) * s.num_keys * key_stride +
+                             m * head_dims;
   for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points,
                grad_loc += 2 * s.num_points, grad_attn += s.num_points) {
     const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
     const int64_t start = a.level_start_index[l];
     const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
-    const int64_t value_l = value_b + start * key_stride + m * head_dims;
     for (int64_t p = 0; p < s.num_points; ++p) {
       msda::BilinearPoint<acc_t> pt;
       if (!level_ok || !msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) {
@@ -122,12 +124,12 @@ inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int6
       acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
       for (int corner = 0; corner < 4; ++corner) {
         if (pt.offset[corner] < 0) continue;
-        const int64_t at_corner = value_l + pt.offset[corner] * key_stride;
-        acc_t* gv = grad_value + at_corner;
+        const int64_t key = start + pt.offset[corner];
+        acc_t* gv = grad_value_bm + key * gv_key_stride;
         const acc_t w = attn_p * pt.weight[corner];
 #pragma omp simd
         for (int64_t c = 0; c < head_dims; ++c) gv[c] += w * go[c];
-        dot[corner] = dot_product<kHeadDims>(go, a.value + at_corner, head_dims);
+        dot[corner] = dot_product<kHeadDims>(go, value_bm + key * key_stride, head_dims);
       }
       acc_t g_attn, g_x, g_y;
       msda::bilinear_point_backward<acc_t>(pt, dot, attn_p, height, width, g_attn, g_x, g_y);
@@ -174,24 +176,44 @@ void forward(const MsdaCpuArgs<scalar_t>& a, scalar_t* output) {
   });
 }
 
-// grad_value_bufs: with by_head (= split_by_head(sizes), decided by the caller, which
-// allocates the buffers), one buffer, as the heads' rows are disjoint; otherwise one per
-// thread, which the caller sums.
+// With by_head (= split_by_head(sizes)), each thread takes whole (batch, head) pairs, whose
+// value-gradient rows no other thread touches. With head_slices, it accumulates one pair's
+// gradient in a compact num_keys x head_dims float scratch (zeroed per pair, cache-resident
+// for typical maps) and then writes it into grad_value, which therefore needs no zeroing
+// beforehand and gets each element written once. Without (float16, whose conversion does
+// not vectorize here), it accumulates into grad_value_bufs[0], a float32 buffer laid out
+// like value that the caller zeroes and converts. Split by query, grad_value_bufs holds one
+// such buffer per thread, which the caller sums.
 template <typename scalar_t, int kHeadDims>
 void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool by_head,
+              bool head_slices, scalar_t* grad_value,
               at::opmath_type<scalar_t>* const* grad_value_bufs, int64_t num_bufs,
               scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const MsdaSizes& s = a.sizes;
+  const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
+  const int64_t key_stride = s.num_heads * head_dims;
   if (by_head) {
     at::parallel_for(0, s.bs * s.num_heads, 1, [&](int64_t begin, int64_t end) {
       ChannelScratch<acc_t, kHeadDims> go(s.head_dims);
+      std::vector<acc_t> slice(head_slices ? static_cast<size_t>(s.num_keys * head_dims) : 0);
       for (int64_t bm = begin; bm < end; ++bm) {
         const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
+        const int64_t origin = b * s.num_keys * key_stride + m * head_dims;
+        acc_t* target = head_slices ? slice.data() : grad_value_bufs[0] + origin;
+        const int64_t target_stride = head_slices ? head_dims : key_stride;
+        std::fill(slice.begin(), slice.end(), acc_t(0));
         for (int64_t q = 0; q < s.num_queries; ++q) {
           backward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, grad_output,
-                                                   go.data(), grad_value_bufs[0],
+                                                   go.data(), target, target_stride,
                                                    grad_sampling_locations, grad_attention_weights);
+        }
+        if (!head_slices) continue;
+        for (int64_t k = 0; k < s.num_keys; ++k) {
+          const acc_t* src = slice.data() + k * head_dims;
+          scalar_t* dst = grad_value + origin + k * key_stride;
+#pragma omp simd
+          for (int64_t c = 0; c < head_dims; ++c) dst[c] = static_cast<scalar_t>(src[c]);
         }
       }
     });
@@ -202,10 +224,13 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
     TORCH_CHECK(thread < num_bufs, "ms_deform_attn_backward: thread ", thread, " has no buffer");
     ChannelScratch<acc_t, kHeadDims> go(s.head_dims);
     for (int64_t bq = begin; bq < end; ++bq) {
+      const int64_t b = bq / s.num_queries;
       for (int64_t m = 0; m < s.num_heads; ++m) {
+        acc_t* grad_value_bm = grad_value_bufs[thread] + b * s.num_keys * key_stride +
+                               m * head_dims;
         backward_query_head<scalar_t, kHeadDims>(a, bq, m, grad_output, go.data(),
-                                                 grad_value_bufs[thread], grad_sampling_locations,
-                                                 grad_attention_weights);
+                                                 grad_value_bm, key_stride,
+                                                 grad_sampling_locations, grad_attention_weights);
       }
     }
   });

@@ -1,0 +1,63 @@
+"""Keep freed memory in the process instead of handing it back to the OS (glibc malloc).
+
+A CPU training step allocates and frees the same tensors every iteration. glibc's
+defaults hand large blocks back to the kernel when they are freed (``mmap``/``munmap``
+above a threshold, trimming the top of the heap), so the next iteration's tensor of the
+same size starts as untouched pages: every 4 KiB page costs a page fault and the kernel's
+zeroing on its first write. For the quick start that was about half of all page faults
+and a large share of the time of elementwise ops, copies and ``zeros`` (measured in
+``tools/analysis/benchmark_model.py``; numbers in the README).
+
+:func:`keep_freed_memory` raises glibc's ``mmap`` threshold to its maximum (32 MiB) and
+turns off trimming, so blocks up to 32 MiB are reused from the heap. The process keeps its
+peak heap (which a training loop reaches again every iteration anyway). It changes no
+result. Elsewhere than glibc it does nothing; ``DDETR_KEEP_FREED_MEMORY=0`` turns it off.
+"""
+import ctypes
+import ctypes.util
+import os
+import sys
+from typing import Optional
+
+ENV = 'DDETR_KEEP_FREED_MEMORY'
+
+# mallopt(3) parameters of glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper limit on 64-bit systems
+_NO_TRIM = 2**31 - 1  # an int (mallopt takes one): never trim below ~2 GiB of free top
+
+_applied: Optional[str] = None
+
+
+def _glibc():
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        version = libc.gnu_get_libc_version().decode()
+    except (OSError, AttributeError):  # musl and others have no gnu_get_libc_version
+        return None
+    return libc, version
+
+
+def keep_freed_memory() -> str:
+    """Apply the setting once per process; returns a line for the log saying what was done."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    if os.environ.get(ENV, '1').strip() == '0':
+        _applied = f'CPU memory: glibc malloc defaults kept ({ENV}=0)'
+        return _applied
+    found = _glibc()
+    if found is None:
+        _applied = 'CPU memory: not glibc, malloc settings unchanged'
+        return _applied
+    libc, version = found
+    ok = (libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+          and libc.mallopt(_M_TRIM_THRESHOLD, _NO_TRIM) == 1)
+    _applied = (f'CPU memory: glibc {version} malloc keeps freed blocks up to 32 MiB for reuse '
+                f'(fewer page faults; {ENV}=0 turns this off)' if ok else
+                f'CPU memory: glibc {version} refused the malloc settings; defaults kept')
+    return _applied
