@@ -111,13 +111,14 @@ def main(argv=None):
     from mmengine.dist import is_main_process
 
     from ddetr.datasets.transforms.loading import ImageLoadError
-    from ddetr.engine import CheckpointError, DdetrRunner
+    from ddetr.engine import CheckpointError, DdetrRunner, cpu_memory
     from ddetr.engine.checkpoint import UntrustedCheckpointError
     from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
     apply_trust_checkpoint_argument(args)
     try:
         cfg = build_config(args)
+        cpu_memory.enabled()  # $DDETR_KEEP_FREED_MEMORY, read by the Runner
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     runner = DdetrRunner.from_cfg(cfg)

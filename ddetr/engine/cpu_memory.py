@@ -4,14 +4,14 @@ A CPU training step allocates and frees the same tensors every iteration. glibc'
 defaults hand large blocks back to the kernel when they are freed (``mmap``/``munmap``
 above a threshold, trimming the top of the heap), so the next iteration's tensor of the
 same size starts as untouched pages: every 4 KiB page costs a page fault and the kernel's
-zeroing on its first write. For the quick start that was about half of all page faults
-and a large share of the time of elementwise ops, copies and ``zeros`` (measured in
-``tools/analysis/benchmark_model.py``; numbers in the README).
+zeroing on its first write: 3,000-37,000 page faults a quick-start training step, a few
+hundred with this setting (README, "Results").
 
 :func:`keep_freed_memory` raises glibc's ``mmap`` threshold to its maximum (32 MiB) and
 turns off trimming, so blocks up to 32 MiB are reused from the heap. The process keeps its
 peak heap (which a training loop reaches again every iteration anyway). It changes no
-result. Elsewhere than glibc it does nothing; ``DDETR_KEEP_FREED_MEMORY=0`` turns it off.
+result. Elsewhere than glibc it does nothing; ``DDETR_KEEP_FREED_MEMORY=0`` turns it off
+(``1`` or unset: on; any other value is an error naming the variable).
 """
 import ctypes
 import ctypes.util
@@ -42,12 +42,22 @@ def _glibc():
     return libc, version
 
 
+def enabled() -> bool:
+    """``$DDETR_KEEP_FREED_MEMORY`` read: False for 0, True for 1 or unset, else ValueError
+    (the tools call this while checking their command line, to stop with one line)."""
+    setting = os.environ.get(ENV, '1').strip() or '1'
+    if setting not in ('0', '1'):
+        raise ValueError(f'{ENV}={os.environ[ENV]!r}: expected 0 (glibc malloc defaults) or 1 '
+                         f'(keep freed memory, the default)')
+    return setting == '1'
+
+
 def keep_freed_memory() -> str:
     """Apply the setting once per process; returns a line for the log saying what was done."""
     global _applied
     if _applied is not None:
         return _applied
-    if os.environ.get(ENV, '1').strip() == '0':
+    if not enabled():
         _applied = f'CPU memory: glibc malloc defaults kept ({ENV}=0)'
         return _applied
     found = _glibc()

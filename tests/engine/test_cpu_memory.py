@@ -51,3 +51,29 @@ def test_off_by_environment_variable():
 def test_applied_once_per_process():
     from ddetr.engine.cpu_memory import keep_freed_memory
     assert keep_freed_memory() is keep_freed_memory()
+
+
+def test_unknown_environment_value_is_an_error(monkeypatch):
+    from ddetr.engine import cpu_memory
+    monkeypatch.setattr(cpu_memory, '_applied', None)  # not applied yet in this process
+    monkeypatch.setenv('DDETR_KEEP_FREED_MEMORY', 'off')
+    with pytest.raises(ValueError, match="DDETR_KEEP_FREED_MEMORY='off': expected 0"):
+        cpu_memory.keep_freed_memory()
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_tools_stop_on_a_bad_value_with_one_line(tool, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = [os.path.join(root, 'tools', tool),
+            os.path.join(root, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')]
+    if tool == 'test.py':
+        checkpoint = tmp_path / 'unread.pth'  # exists; the check comes before any loading
+        checkpoint.write_bytes(b'')
+        args.append(str(checkpoint))
+    proc = subprocess.run([sys.executable] + args, capture_output=True, text=True, cwd=root,
+                          env=dict(os.environ, DDETR_KEEP_FREED_MEMORY='off'), timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{tool}: error: DDETR_KEEP_FREED_MEMORY='off': expected 0 (glibc malloc defaults) "
+        f"or 1 (keep freed memory, the default)")
+    assert 'Traceback' not in proc.stderr

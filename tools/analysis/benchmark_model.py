@@ -111,15 +111,14 @@ def make_batch(shape, batch_size, seed=0):
     return inputs, samples
 
 
-def optimizer_kernels(args, impl: str) -> Dict[str, object]:
-    """AdamW's implementation as each project's config sets it: ddetr's schedule asks for
-    ``foreach`` (and the quick start for ``fused``); MMDetection's Deformable DETR configs
-    leave torch's default, a Python loop over parameters on CPU."""
-    if impl == 'mmdet':
-        return {}
+def optimizer_kernels(args) -> Dict[str, Dict[str, object]]:
+    """AdamW's implementation per model, as each project's config sets it: ddetr's schedule
+    asks for ``foreach`` (and the quick start for ``fused``); MMDetection's Deformable DETR
+    configs leave torch's default, a Python loop over parameters on CPU."""
     from ddetr.apis import load_config
     optimizer = load_config(args.config, args.cfg_options).optim_wrapper.optimizer
-    return {key: optimizer[key] for key in ('foreach', 'fused') if optimizer.get(key)}
+    ddetr = {key: optimizer[key] for key in ('foreach', 'fused') if optimizer.get(key)}
+    return dict(ddetr=ddetr, ddetr_with_cp=ddetr, mmdet={})
 
 
 class Workload:
@@ -185,8 +184,7 @@ def memory_worker(args) -> None:
         for layer in (*model.encoder.layers, *model.decoder.layers):
             layer.with_cp = True
     workload = Workload(model, *make_batch(args.shape, args.batch_size),
-                        optimizer_kernels(args, 'mmdet' if args.memory_worker == 'mmdet'
-                                          else 'ddetr'))
+                        optimizer_kernels(args)[args.memory_worker])
     result = {}
     for phase, run in (('inference', workload.inference), ('train', workload.train_step)):
         run()  # warm-up: libraries, caches, optimizer state
@@ -263,10 +261,11 @@ def run(args, log=print) -> dict:
     diff = max_output_difference(ddetr_model, mmdet_model, inputs, samples)
     log(f'outputs of the two models differ by at most {diff["logits"]:.2e} (logits), '
         f'{diff["boxes"]:.2e} (boxes)')
-    workloads = {impl: Workload(model, inputs, samples, optimizer_kernels(args, impl))
+    kernels = optimizer_kernels(args)
+    workloads = {impl: Workload(model, inputs, samples, kernels[impl])
                  for impl, model in zip(IMPLS, (ddetr_model, mmdet_model))}
-    log(f'AdamW kernels: ddetr {optimizer_kernels(args, "ddetr") or "torch default"}, mmdet '
-        f'torch default (as their configs set them)')
+    log(f'AdamW kernels: ddetr {kernels["ddetr"] or "torch default"}, mmdet torch default '
+        f'(as their configs set them)')
     times = time_runs(workloads, args.iters, log)
     results = dict(config=args.config, shape=[height, width], batch_size=args.batch_size,
                    threads=args.threads, iters=args.iters, time_ms=times,

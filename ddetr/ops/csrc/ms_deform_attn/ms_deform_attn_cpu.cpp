@@ -269,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         // itself; half types accumulate in float32. Summed/converted below.
         const int64_t num_bufs = head_slices ? 0 : by_head ? 1 : std::max(1, at::get_num_threads());
         const int64_t num_private = kSameType ? std::max<int64_t>(num_bufs - 1, 0) : num_bufs;
-        auto private_bufs = at::zeros({num_private, num_private ? value.numel() : 0},
+        auto private_bufs = at::zeros({num_private, value.numel()},
                                       value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
         std::vector<acc_t*> bufs;
         if (num_bufs > 0) {
