@@ -227,8 +227,8 @@ def test_non_contiguous_inputs(backend):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-# 252 keys: 50 queries x 12 samples read each value row about twice (the half kernel runs);
-# 400 queries about 19 times (float16 then runs the float32 kernel on converted inputs).
+# 252 keys: 50 queries x 12 samples read each value row about twice (the backward reads
+# value in place); 400 queries about 19 times (it copies each head's rows first).
 @pytest.mark.parametrize('num_queries', [50, 400])
 @pytest.mark.parametrize('dtype,tol', [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
 def test_half_precision_against_float32(isa, dtype, tol, num_queries):
@@ -252,6 +252,58 @@ def test_half_precision_against_float32(isa, dtype, tol, num_queries):
     for i in (1, 3):  # grad_value, grad_weights
         assert g_low[i].dtype == dtype
         torch.testing.assert_close(g_low[i].float(), g_ref[i], rtol=tol, atol=4 * tol)
+
+
+# The vector kernels (float32/bfloat16/float16 with head_dims 32) in each work split and
+# read mode of the backward: (bs, num_heads, num_queries, shapes). 3 levels x 6 points = 18
+# points per head, more than one chunk of 16; spread puts corners off the maps.
+VECTOR_CASES = {
+    'by head, dense reads': (2, 8, 120, ((6, 5), (3, 3), (2, 1))),
+    'by head, sparse reads': (2, 8, 3, ((16, 12), (8, 6), (4, 3))),
+    'by query': (1, 2, 60, ((6, 5), (3, 3), (2, 1))),
+}
+
+
+@compiled_only
+@pytest.mark.parametrize('case', sorted(VECTOR_CASES))
+@pytest.mark.parametrize('threads', [1, 2])
+def test_float32_vector_kernel_matches_float64_reference(isa, case, threads):
+    bs, num_heads, num_queries, shapes = VECTOR_CASES[case]
+    inputs = make_inputs(bs=bs, shapes=shapes, num_queries=num_queries, num_heads=num_heads,
+                         head_dims=32, num_points=6, spread=0.2, dtype=torch.float32)
+    grad_out = torch.randn(bs, num_queries, num_heads * 32)
+    wide = [t.double() if t.is_floating_point() else t for t in inputs]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = grads(ms_deform_attn, inputs, grad_out)
+    finally:
+        torch.set_num_threads(before)
+    ref = grads(reference, wide, grad_out.double())
+    for name, a, b in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'], ours, ref):
+        assert a.dtype == torch.float32
+        # Location gradients scale with the map size (d/dx of x * width).
+        tol = 1e-4 * (16 if name == 'grad_locations' else 1)
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol, msg=name)
+
+
+@compiled_only
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_output_is_float32_output_rounded_with_specials(isa, dtype):
+    """The vector kernels round their float32 accumulators to the output type like torch's
+    conversion, also for infinity, values out of the type's range and subnormals; NaN stays
+    NaN."""
+    value, shapes, starts, loc, attn = make_inputs(bs=2, num_heads=2, head_dims=32,
+                                                   num_queries=9, dtype=torch.float32)
+    value[0, :, 0, :4] = torch.tensor([float('nan'), float('inf'), -float('inf'), 1e6])
+    value[1, :, 1, 5:] *= 1e-3  # subnormal outputs in float16
+    low = [t.to(dtype) for t in (value, loc, attn)]
+    out_low = ms_deform_attn(low[0], shapes, starts, low[1], low[2])
+    out_ref = ms_deform_attn(low[0].float(), shapes, starts, low[1].float(), low[2].float())
+    nan = torch.isnan(out_ref)
+    assert nan.any() and torch.isinf(out_ref).any()
+    assert torch.equal(torch.isnan(out_low), nan)  # NaN bit patterns differ between conversions
+    assert torch.equal(out_low[~nan].view(torch.int16), out_ref.to(dtype)[~nan].view(torch.int16))
 
 
 def test_float32_matches_float64(backend):

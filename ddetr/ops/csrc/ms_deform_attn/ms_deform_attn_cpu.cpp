@@ -2,6 +2,9 @@
 // head_dims dispatch, and run-time choice of the instruction set. The kernels themselves
 // are in ms_deform_attn_cpu_kernel.h, the per-point math in ms_deform_attn_math.h.
 #include <ATen/ATen.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // F16C / AVX-512 half conversions in the vector kernels
+#endif
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
@@ -9,6 +12,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
+#include <type_traits>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -29,10 +34,17 @@ struct MsdaCpuArgs {
   MsdaSizes sizes;
 };
 
-// Whole heads per thread (see ms_deform_attn_cpu_kernel.h) when there are at least 4
-// (batch, head) pairs per thread.
+// The backward takes whole heads per thread (see ms_deform_attn_cpu_kernel.h) when there
+// are at least 4 (batch, head) pairs per thread.
 inline bool split_by_head(const MsdaSizes& s) {
   return s.bs * s.num_heads >= 4 * static_cast<int64_t>(at::get_num_threads());
+}
+
+// Whether each value row is sampled several times on average (4 corners per sample): true
+// for the encoder, where every pixel is a query; false for the decoder's few queries.
+inline bool dense_reads(const MsdaSizes& s) {
+  constexpr int64_t kMinSamplesPerRow = 4;
+  return s.num_queries * s.num_levels * s.num_points >= kMinSamplesPerRow * s.num_keys;
 }
 
 }  // namespace cpu
@@ -41,26 +53,37 @@ inline bool split_by_head(const MsdaSizes& s) {
 // One copy of the kernels per instruction set (see the top of ms_deform_attn_cpu_kernel.h).
 // Everything above is included before the target pragmas, so no header code is compiled
 // for a wider instruction set than the machine may have.
+#if defined(__GNUC__) && !defined(__clang__)
+// The vector kernels pass 64-byte vectors between inline functions of one instruction set;
+// GCC's note that such a signature's ABI differs between instruction sets does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DDETR_X86_MULTI_ISA 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,bmi2")
 #define DDETR_ISA_NS avx512
+#define DDETR_ISA_LEVEL 2
 #include "ms_deform_attn_cpu_kernel.h"
 #undef DDETR_ISA_NS
+#undef DDETR_ISA_LEVEL
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi2")
 #define DDETR_ISA_NS avx2
+#define DDETR_ISA_LEVEL 1
 #include "ms_deform_attn_cpu_kernel.h"
 #undef DDETR_ISA_NS
+#undef DDETR_ISA_LEVEL
 #pragma GCC pop_options
 #endif
 
 #define DDETR_ISA_NS generic
+#define DDETR_ISA_LEVEL 0
 #include "ms_deform_attn_cpu_kernel.h"
 #undef DDETR_ISA_NS
+#undef DDETR_ISA_LEVEL
 
 namespace ddetr {
 namespace {
@@ -163,17 +186,13 @@ cpu::MsdaCpuArgs<scalar_t> make_args(const at::Tensor& value,
           attention_weights.const_data_ptr<scalar_t>(), sizes};
 }
 
-// Whether the op runs the float32 kernel on float32 copies of the inputs: for float16 when
-// each value row is read many times (the encoder, where every pixel is a query). The kernels
-// compute in float32 for every type, so this is the same arithmetic, but c10::Half's
-// conversion does not vectorize in the channel loops (1.5-2.4x slower than float32 with it
-// inline; bfloat16's, a shift, does), while converting the inputs once streams at memory
-// speed. With few queries (the decoder) converting the whole value costs more than the
-// kernel, so the half kernel runs. The cost is a float32 copy of the inputs during the call.
+// Whether the op runs the float32 kernel on float32 copies of the inputs: for float16 with
+// a head_dims the vector kernels do not take (see kVectorKernel), when each value row is
+// read many times. Those kernels convert c10::Half one channel at a time, which does not
+// vectorize (1.5-2.4x slower than float32), while converting the inputs once streams at
+// memory speed; with few queries, converting the whole value costs more than the kernel.
 bool half_as_float(const at::Tensor& value, const MsdaSizes& s) {
-  constexpr int64_t kMinReadsPerRow = 4;  // samples (x 4 corners) per value row, at least
-  return value.scalar_type() == at::kHalf &&
-         s.num_queries * s.num_levels * s.num_points >= kMinReadsPerRow * s.num_keys;
+  return value.scalar_type() == at::kHalf && s.head_dims != 32 && cpu::dense_reads(s);
 }
 
 }  // namespace
@@ -240,15 +259,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   }
 
   const bool by_head = cpu::split_by_head(s);
-  // Per-head scratch (see backward in ms_deform_attn_cpu_kernel.h), except for float16,
-  // whose float32 accumulator is converted by ATen's vectorized copy_ instead.
-  const bool head_slices = by_head && value.scalar_type() != at::kHalf;
+  const bool dense = cpu::dense_reads(s);
   const bool empty = grad_output.numel() == 0 || sampling_locations.numel() == 0;
-  // grad_value is zeroed only where it is itself an accumulator (float32/float64 without
-  // head slices); otherwise every element is written once (head slices, or the conversion
-  // of the float32 accumulators of half types below).
-  const bool accumulates_in_place = !head_slices && (value.scalar_type() == at::kFloat ||
-                                                     value.scalar_type() == at::kDouble);
+  // float32/float64 accumulate in grad_value itself, which then starts at zero: split by
+  // query (with num_threads - 1 private buffers), or by head when few rows are sampled.
+  // Otherwise every element of grad_value is written once: by head from a per-head
+  // scratch, by query (half types) from float32 buffers summed and converted below.
+  const bool wide_type = value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble;
+  const bool in_place = by_head && !dense && wide_type;
+  const bool accumulates_in_place = wide_type && (!by_head || in_place);
   auto grad_value = empty || accumulates_in_place
                         ? at::zeros_like(value, at::MemoryFormat::Contiguous)
                         : at::empty_like(value, at::MemoryFormat::Contiguous);
@@ -264,10 +283,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         constexpr bool kSameType = std::is_same_v<acc_t, scalar_t>;
-        // Whole-tensor accumulators: one per thread split by query, one by head without
-        // head slices (float16), none with them. In float32/float64 the first is grad_value
-        // itself; half types accumulate in float32. Summed/converted below.
-        const int64_t num_bufs = head_slices ? 0 : by_head ? 1 : std::max(1, at::get_num_threads());
+        // Whole-tensor accumulators split by query: one per thread, the first being
+        // grad_value itself where it has the accumulator's type.
+        const int64_t num_bufs = by_head ? 0 : std::max(1, at::get_num_threads());
         const int64_t num_private = kSameType ? std::max<int64_t>(num_bufs - 1, 0) : num_bufs;
         auto private_bufs = at::zeros({num_private, value.numel()},
                                       value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
@@ -285,11 +303,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         scalar_t* g_attn = grad_attention_weights.mutable_data_ptr<scalar_t>();
         dispatch_head_dims(s.head_dims, [&](auto head_dims) {
           backward_isa<scalar_t, decltype(head_dims)::value>(
-              args, go, by_head, head_slices, grad_value.mutable_data_ptr<scalar_t>(),
+              args, go, by_head, in_place, dense, grad_value.mutable_data_ptr<scalar_t>(),
               static_cast<acc_t* const*>(bufs.data()), static_cast<int64_t>(bufs.size()),
               g_loc, g_attn);
         });
-        if (head_slices) return;
+        if (by_head) return;
         // Sum the private buffers into grad_value.
         auto flat = grad_value.view({-1});
         if constexpr (kSameType) {

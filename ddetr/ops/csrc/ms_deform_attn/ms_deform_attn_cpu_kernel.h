@@ -1,18 +1,21 @@
 // CPU kernels of multi-scale deformable attention, one copy per instruction set.
 //
 // This file is included several times by ms_deform_attn_cpu.cpp, each time inside a
-// `#pragma GCC target(...)` region and with DDETR_ISA_NS naming a namespace of its own,
-// so the compiler vectorizes the channel loops for AVX-512, AVX2 and baseline x86-64 and
-// the op picks one at run time. Hence no include guard and no includes of its own.
+// `#pragma GCC target(...)` region, with DDETR_ISA_NS naming a namespace of its own and
+// DDETR_ISA_LEVEL saying what the region allows (2: AVX-512, 1: AVX2 + F16C, 0: baseline;
+// GCC does not define __AVX512F__ and friends inside such regions in C++), so one build
+// runs on any x86-64 and the op picks a copy at run time. Hence no include guard and no
+// includes of its own.
 //
-// Work split (see split_by_head): with enough (batch, head) pairs for the threads, each
-// thread takes whole heads, so the value (and its gradient) rows it touches are its own:
-// a head's slice of the maps stays in cache, and the backward scatters into grad_value
-// without races. Otherwise threads take contiguous chunks of queries (in raster order they
-// sample nearby pixels) and the backward gives each thread a private grad_value buffer.
+// Work split: the forward gives threads contiguous chunks of queries. The backward, with
+// enough (batch, head) pairs for the threads, gives each thread whole heads, so the value
+// gradient rows it touches are its own (no races, no private buffers); otherwise chunks of
+// queries, each thread with a private grad_value buffer.
 // Per sampling point the coordinates are computed once (ms_deform_attn_math.h) and the
-// attention weight is folded into the four bilinear weights; the channel loop runs over the
-// head's contiguous head_dims values (a compile-time 32 in the common case).
+// attention weight is folded into the four bilinear weights. With head_dims 32 and float
+// accumulation (float32, bfloat16, float16), the vector kernels keep the head's channels
+// in registers and prefetch each chunk of points' rows before the arithmetic; other sizes
+// (and float64) run a channel loop the compiler vectorizes.
 
 namespace ddetr {
 namespace cpu {
@@ -47,6 +50,271 @@ inline acc_t dot_product(const acc_t* a, const scalar_t* b, int64_t n) {
     for (int64_t c = 0; c < n; ++c) sum += a[c] * static_cast<acc_t>(b[c]);
     return sum;
   }
+}
+
+// 16 float lanes for the channel loops, as a GCC vector type: one zmm register under
+// AVX-512, two ymm under AVX2, four xmm on baseline x86-64. Loads of 16 channels of any of
+// the kernel's input types widen to float (bfloat16: a shift; float16: F16C's vcvtph2ps,
+// which GCC does not emit for a vector conversion itself).
+typedef float Float16Lanes __attribute__((vector_size(64)));
+
+template <typename scalar_t>
+inline Float16Lanes load16(const scalar_t* p) {
+  Float16Lanes v;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    typedef uint16_t U16 __attribute__((vector_size(32)));
+    typedef uint32_t U32 __attribute__((vector_size(64)));
+    U16 bits;
+    std::memcpy(&bits, p, sizeof(bits));
+    v = reinterpret_cast<Float16Lanes>(__builtin_convertvector(bits, U32) << 16);
+  } else {
+    static_assert(std::is_same_v<scalar_t, c10::Half>);
+#if DDETR_ISA_LEVEL >= 2
+    // The maskz forms (all lanes) leave GCC 12's headers no undefined register to warn about.
+    const __m512 wide =
+        _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    std::memcpy(&v, &wide, sizeof(v));
+#elif DDETR_ISA_LEVEL >= 1
+    const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+    std::memcpy(&v, &lo, sizeof(lo));
+    std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+#else
+    for (int c = 0; c < 16; ++c) v[c] = static_cast<float>(p[c]);
+#endif
+  }
+  return v;
+}
+
+// Stores 16 float lanes as scalar_t, rounding to nearest even like c10's conversions.
+template <typename scalar_t>
+inline void store16(scalar_t* p, Float16Lanes v) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    std::memcpy(p, &v, sizeof(v));
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    typedef uint16_t U16 __attribute__((vector_size(32)));
+    typedef uint32_t U32 __attribute__((vector_size(64)));
+    const U32 bits = reinterpret_cast<U32>(v);
+    const U32 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    const U32 nan = reinterpret_cast<U32>(v != v);  // all ones in NaN lanes
+    const U16 out = __builtin_convertvector((rounded & ~nan) | (0x7FC0u & nan), U16);
+    std::memcpy(p, &out, sizeof(out));
+  } else {
+    static_assert(std::is_same_v<scalar_t, c10::Half>);
+#if DDETR_ISA_LEVEL >= 2
+    __m512 wide;
+    std::memcpy(&wide, &v, sizeof(v));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_maskz_cvtps_ph(0xFFFF, wide, _MM_FROUND_TO_NEAREST_INT));
+#elif DDETR_ISA_LEVEL >= 1
+    __m256 lo, hi;
+    std::memcpy(&lo, &v, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 8), _mm256_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (int c = 0; c < 16; ++c) p[c] = static_cast<scalar_t>(v[c]);
+#endif
+  }
+}
+
+// One value to and from float. c10::Half converts in software unless the translation unit
+// is compiled for F16C (it is not: the instruction set is chosen per namespace here), so
+// these use F16C's scalar instructions where this copy of the kernels may.
+template <typename scalar_t>
+inline float to_float(scalar_t x) {
+#if DDETR_ISA_LEVEL >= 1
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) return _cvtsh_ss(x.x);
+#endif
+  return static_cast<float>(x);
+}
+
+template <typename scalar_t>
+inline scalar_t from_float(float x) {
+#if DDETR_ISA_LEVEL >= 1
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return c10::Half(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT), c10::Half::from_bits());
+  }
+#endif
+  return static_cast<scalar_t>(x);
+}
+
+// Sum of the 16 lanes as a tree (lane c + lane c + 8, then + 4, + 2, + 1).
+inline float sum16(Float16Lanes v) {
+#if defined(__clang__) || __GNUC__ >= 12
+  typedef float F8 __attribute__((vector_size(32)));
+  typedef float F4 __attribute__((vector_size(16)));
+  typedef float F2 __attribute__((vector_size(8)));
+  const F8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const F4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const F2 c = __builtin_shufflevector(b, b, 0, 1) + __builtin_shufflevector(b, b, 2, 3);
+  return c[0] + c[1];
+#else  // GCC before 12 has no __builtin_shufflevector: the same tree on an array
+  float part[16];
+  std::memcpy(part, &v, sizeof(part));
+  for (int width = 8; width > 0; width /= 2) {
+    for (int c = 0; c < width; ++c) part[c] += part[c + width];
+  }
+  return part[0];
+#endif
+}
+
+// Whether a (scalar_t, kHeadDims) pair runs the vector kernels below: float accumulation
+// and whole vectors of channels.
+template <typename scalar_t, int kHeadDims>
+constexpr bool kVectorKernel =
+    kHeadDims > 0 && kHeadDims % 16 == 0 && std::is_same_v<at::opmath_type<scalar_t>, float>;
+
+// Sampling points are handled in chunks of kChunkPoints, in two passes: the first computes
+// each point's four taps (value row and weight, msda::bilinear_point) and prefetches the
+// rows; the second does the channel arithmetic. Rows scattered over a large map (the
+// decoder's) then arrive from memory in parallel instead of one miss after another.
+constexpr int kChunkPoints = 16;
+
+template <typename value_t>
+inline void prefetch_row(const value_t* row, int64_t bytes, int for_write) {
+  for (int64_t off = 0; off < bytes; off += 64) {
+    if (for_write) {
+      __builtin_prefetch(reinterpret_cast<const char*>(row) + off, 1);
+    } else {
+      __builtin_prefetch(reinterpret_cast<const char*>(row) + off, 0);
+    }
+  }
+}
+
+// forward_query_head with the head's channels in kHeadDims / 16 vector accumulators held in
+// registers for the whole query. A corner off the map reads a row of zeros with weight 0.
+template <typename scalar_t, int kHeadDims>
+inline void forward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
+                                   scalar_t* output) {
+  constexpr int kVecs = kHeadDims / 16;
+  static const scalar_t kZeroRow[kHeadDims] = {};
+  const MsdaSizes& s = a.sizes;
+  const int64_t key_stride = s.num_heads * kHeadDims;
+  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  const scalar_t* value_b = a.value + (bq / s.num_queries) * s.num_keys * key_stride;
+  Float16Lanes acc[kVecs] = {};
+  const scalar_t* rows[kChunkPoints][4];
+  float weights[kChunkPoints][4];
+  int num_taps = 0;
+  auto accumulate = [&]() {
+    for (int i = 0; i < num_taps; ++i) {
+      for (int corner = 0; corner < 4; ++corner) {
+        for (int j = 0; j < kVecs; ++j) acc[j] += weights[i][corner] * load16(rows[i][corner] + 16 * j);
+      }
+    }
+    num_taps = 0;
+  };
+  for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points) {
+    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
+    const int64_t start = a.level_start_index[l];
+    if (!msda::level_in_bounds(start, height, width, s.num_keys)) continue;
+    const scalar_t* value_l = value_b + start * key_stride + m * kHeadDims;
+    for (int64_t p = 0; p < s.num_points; ++p) {
+      msda::BilinearPoint<float> pt;
+      if (!msda::bilinear_point<float>(to_float(loc[2 * p]), to_float(loc[2 * p + 1]), height,
+                                       width, pt)) {
+        continue;
+      }
+      const float attn_p = to_float(attn[p]);
+      for (int corner = 0; corner < 4; ++corner) {
+        const bool on_map = pt.offset[corner] >= 0;
+        rows[num_taps][corner] = on_map ? value_l + pt.offset[corner] * key_stride : kZeroRow;
+        weights[num_taps][corner] = on_map ? attn_p * pt.weight[corner] : 0.f;
+        prefetch_row(rows[num_taps][corner], kHeadDims * sizeof(scalar_t), 0);
+      }
+      if (++num_taps == kChunkPoints) accumulate();
+    }
+  }
+  accumulate();
+  scalar_t* out = output + bq * key_stride + m * kHeadDims;
+  for (int j = 0; j < kVecs; ++j) store16(out + 16 * j, acc[j]);
+}
+
+// backward_query_head with the output gradient in registers and vector dot products. Reads
+// (batch, head)'s value rows at value_bm + k * v_key_stride: value itself, or a compact
+// float32 copy of the head's slice (see backward).
+template <typename scalar_t, int kHeadDims, typename value_t>
+inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
+                                    const value_t* value_bm, int64_t v_key_stride,
+                                    const scalar_t* grad_output, float* grad_value_bm,
+                                    int64_t gv_key_stride, scalar_t* grad_sampling_locations,
+                                    scalar_t* grad_attention_weights) {
+  constexpr int kVecs = kHeadDims / 16;
+  const MsdaSizes& s = a.sizes;
+  const int64_t key_stride = s.num_heads * kHeadDims;
+  Float16Lanes go[kVecs];
+  for (int j = 0; j < kVecs; ++j) go[j] = load16(grad_output + bq * key_stride + m * kHeadDims + 16 * j);
+  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
+  scalar_t* grad_attn = grad_attention_weights + head_point;
+  // A chunk's points: geometry, attention weight, index among the head's points, map size.
+  msda::BilinearPoint<float> pts[kChunkPoints];
+  int64_t keys[kChunkPoints][4];
+  float attns[kChunkPoints];
+  int64_t index[kChunkPoints], heights[kChunkPoints], widths[kChunkPoints];
+  int num_points = 0;
+  auto differentiate = [&]() {
+    for (int i = 0; i < num_points; ++i) {
+      const msda::BilinearPoint<float>& pt = pts[i];
+      float dot[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int corner = 0; corner < 4; ++corner) {
+        if (pt.offset[corner] < 0) continue;
+        float* gv = grad_value_bm + keys[i][corner] * gv_key_stride;
+        const value_t* v = value_bm + keys[i][corner] * v_key_stride;
+        const float w = attns[i] * pt.weight[corner];
+        Float16Lanes d = go[0] * load16(v);
+        for (int j = 0; j < kVecs; ++j) {
+          Float16Lanes g;
+          std::memcpy(&g, gv + 16 * j, sizeof(g));
+          g += w * go[j];
+          std::memcpy(gv + 16 * j, &g, sizeof(g));
+          if (j > 0) d += go[j] * load16(v + 16 * j);
+        }
+        dot[corner] = sum16(d);
+      }
+      float g_attn, g_x, g_y;
+      msda::bilinear_point_backward<float>(pt, dot, attns[i], heights[i], widths[i], g_attn, g_x, g_y);
+      grad_loc[2 * index[i]] = from_float<scalar_t>(g_x);
+      grad_loc[2 * index[i] + 1] = from_float<scalar_t>(g_y);
+      grad_attn[index[i]] = from_float<scalar_t>(g_attn);
+    }
+    num_points = 0;
+  };
+  for (int64_t l = 0; l < s.num_levels; ++l) {
+    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
+    const int64_t start = a.level_start_index[l];
+    const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
+    for (int64_t p = 0; p < s.num_points; ++p) {
+      const int64_t n = l * s.num_points + p;
+      msda::BilinearPoint<float>& pt = pts[num_points];
+      if (!level_ok || !msda::bilinear_point<float>(to_float(loc[2 * n]), to_float(loc[2 * n + 1]),
+                                                    height, width, pt)) {
+        grad_loc[2 * n] = grad_loc[2 * n + 1] = grad_attn[n] = scalar_t(0);
+        continue;
+      }
+      for (int corner = 0; corner < 4; ++corner) {
+        if (pt.offset[corner] < 0) continue;
+        const int64_t key = start + pt.offset[corner];
+        keys[num_points][corner] = key;
+        prefetch_row(value_bm + key * v_key_stride, kHeadDims * sizeof(value_t), 0);
+        prefetch_row(grad_value_bm + key * gv_key_stride, kHeadDims * sizeof(float), 1);
+      }
+      attns[num_points] = to_float(attn[n]);
+      index[num_points] = n;
+      heights[num_points] = height;
+      widths[num_points] = width;
+      if (++num_points == kChunkPoints) differentiate();
+    }
+  }
+  differentiate();
 }
 
 // Eq. 3 without the projections, for query bq = b * num_queries + q and head m:
@@ -150,43 +418,61 @@ struct ChannelScratch {
   std::vector<acc_t> heap;
 };
 
+// Threads take contiguous chunks of queries: all heads of a query read the same value rows
+// (whole rows of num_heads * head_dims channels), so the rows a chunk reads span few memory
+// pages. (Splitting by head instead walks every page of the map for each head, and was 1.3-1.9x
+// slower on the paper's encoder, from TLB misses.)
 template <typename scalar_t, int kHeadDims>
 void forward(const MsdaCpuArgs<scalar_t>& a, scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const MsdaSizes& s = a.sizes;
-  if (split_by_head(s)) {
-    at::parallel_for(0, s.bs * s.num_heads, 1, [&](int64_t begin, int64_t end) {
-      ChannelScratch<acc_t, kHeadDims> acc(s.head_dims);
-      for (int64_t bm = begin; bm < end; ++bm) {
-        const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
-        for (int64_t q = 0; q < s.num_queries; ++q) {
-          forward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, acc.data(), output);
-        }
-      }
-    });
-    return;
-  }
   at::parallel_for(0, s.bs * s.num_queries, query_grain(s), [&](int64_t begin, int64_t end) {
     ChannelScratch<acc_t, kHeadDims> acc(s.head_dims);
     for (int64_t bq = begin; bq < end; ++bq) {
       for (int64_t m = 0; m < s.num_heads; ++m) {
-        forward_query_head<scalar_t, kHeadDims>(a, bq, m, acc.data(), output);
+        if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
+          forward_query_head_vec<scalar_t, kHeadDims>(a, bq, m, output);
+        } else {
+          forward_query_head<scalar_t, kHeadDims>(a, bq, m, acc.data(), output);
+        }
       }
     }
   });
 }
 
+// Writes a compact num_keys x head_dims float slice into (batch, head)'s rows of grad_value.
+template <typename scalar_t, int kHeadDims>
+inline void write_head_slice(const at::opmath_type<scalar_t>* slice, int64_t num_keys,
+                             int64_t head_dims, int64_t key_stride, scalar_t* dst) {
+  for (int64_t k = 0; k < num_keys; ++k, slice += head_dims, dst += key_stride) {
+    if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
+      for (int j = 0; j < kHeadDims / 16; ++j) {
+        Float16Lanes v;
+        std::memcpy(&v, slice + 16 * j, sizeof(v));
+        store16(dst + 16 * j, v);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < head_dims; ++c) dst[c] = static_cast<scalar_t>(slice[c]);
+    }
+  }
+}
+
 // With by_head (= split_by_head(sizes)), each thread takes whole (batch, head) pairs, whose
-// value-gradient rows no other thread touches. With head_slices, it accumulates one pair's
-// gradient in a compact num_keys x head_dims float scratch (zeroed per pair, cache-resident
-// for typical maps) and then writes it into grad_value, which therefore needs no zeroing
-// beforehand and gets each element written once. Without (float16, whose conversion does
-// not vectorize here), it accumulates into grad_value_bufs[0], a float32 buffer laid out
-// like value that the caller zeroes and converts. Split by query, grad_value_bufs holds one
-// such buffer per thread, which the caller sums.
+// value-gradient rows no other thread touches. With in_place (float32/float64 with sparse
+// reads, as in the decoder), it accumulates straight into grad_value, which the caller
+// zeroes: only the sampled rows are touched again. Otherwise it accumulates one pair's
+// gradient in a compact num_keys x head_dims float scratch (zeroed per pair) and then writes
+// it into grad_value, which therefore needs no zeroing beforehand and gets each element
+// written once. With dense_reads (every value row sampled several times on average, as in
+// the encoder), the pair's value rows are first copied into a compact float scratch too: a
+// head's rows are spread over the whole value tensor (one head_dims slice per row of
+// num_heads * head_dims), and reading them in place walks all of its memory pages for every
+// head. Split by query, grad_value_bufs holds one whole-tensor accumulator laid out like
+// value per thread, which the caller sums (and zeroes beforehand).
 template <typename scalar_t, int kHeadDims>
 void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool by_head,
-              bool head_slices, scalar_t* grad_value,
+              bool in_place, bool dense_reads, scalar_t* grad_value,
               at::opmath_type<scalar_t>* const* grad_value_bufs, int64_t num_bufs,
               scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -194,26 +480,52 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
   const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
   const int64_t key_stride = s.num_heads * head_dims;
   if (by_head) {
+    acc_t* grad_value_acc = nullptr;
+    if constexpr (std::is_same_v<acc_t, scalar_t>) grad_value_acc = grad_value;
+    TORCH_CHECK(!in_place || grad_value_acc, "ms_deform_attn_backward: in place needs float32/64");
     at::parallel_for(0, s.bs * s.num_heads, 1, [&](int64_t begin, int64_t end) {
       ChannelScratch<acc_t, kHeadDims> go(s.head_dims);
-      std::vector<acc_t> slice(head_slices ? static_cast<size_t>(s.num_keys * head_dims) : 0);
+      const size_t slice_size = static_cast<size_t>(s.num_keys * head_dims);
+      std::vector<acc_t> slice(in_place ? 0 : slice_size);
+      std::vector<float> values(kVectorKernel<scalar_t, kHeadDims> && dense_reads ? slice_size : 0);
       for (int64_t bm = begin; bm < end; ++bm) {
         const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
         const int64_t origin = b * s.num_keys * key_stride + m * head_dims;
-        acc_t* target = head_slices ? slice.data() : grad_value_bufs[0] + origin;
-        const int64_t target_stride = head_slices ? head_dims : key_stride;
+        acc_t* target = in_place ? grad_value_acc + origin : slice.data();
+        const int64_t target_stride = in_place ? key_stride : head_dims;
         std::fill(slice.begin(), slice.end(), acc_t(0));
-        for (int64_t q = 0; q < s.num_queries; ++q) {
-          backward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, grad_output,
-                                                   go.data(), target, target_stride,
-                                                   grad_sampling_locations, grad_attention_weights);
+        if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
+          const bool compact = !values.empty();
+          if (compact) {
+            for (int64_t k = 0; k < s.num_keys; ++k) {
+              for (int j = 0; j < kHeadDims / 16; ++j) {
+                const Float16Lanes v = load16(a.value + origin + k * key_stride + 16 * j);
+                std::memcpy(values.data() + k * kHeadDims + 16 * j, &v, sizeof(v));
+              }
+            }
+          }
+          for (int64_t q = 0; q < s.num_queries; ++q) {
+            if (compact) {
+              backward_query_head_vec<scalar_t, kHeadDims>(
+                  a, b * s.num_queries + q, m, values.data(), kHeadDims, grad_output, target,
+                  target_stride, grad_sampling_locations, grad_attention_weights);
+            } else {
+              backward_query_head_vec<scalar_t, kHeadDims>(
+                  a, b * s.num_queries + q, m, a.value + origin, key_stride, grad_output, target,
+                  target_stride, grad_sampling_locations, grad_attention_weights);
+            }
+          }
+        } else {
+          for (int64_t q = 0; q < s.num_queries; ++q) {
+            backward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, grad_output,
+                                                     go.data(), target, target_stride,
+                                                     grad_sampling_locations,
+                                                     grad_attention_weights);
+          }
         }
-        if (!head_slices) continue;
-        for (int64_t k = 0; k < s.num_keys; ++k) {
-          const acc_t* src = slice.data() + k * head_dims;
-          scalar_t* dst = grad_value + origin + k * key_stride;
-#pragma omp simd
-          for (int64_t c = 0; c < head_dims; ++c) dst[c] = static_cast<scalar_t>(src[c]);
+        if (!in_place) {
+          write_head_slice<scalar_t, kHeadDims>(slice.data(), s.num_keys, head_dims, key_stride,
+                                                grad_value + origin);
         }
       }
     });
@@ -226,11 +538,18 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
     for (int64_t bq = begin; bq < end; ++bq) {
       const int64_t b = bq / s.num_queries;
       for (int64_t m = 0; m < s.num_heads; ++m) {
-        acc_t* grad_value_bm = grad_value_bufs[thread] + b * s.num_keys * key_stride +
-                               m * head_dims;
-        backward_query_head<scalar_t, kHeadDims>(a, bq, m, grad_output, go.data(),
-                                                 grad_value_bm, key_stride,
-                                                 grad_sampling_locations, grad_attention_weights);
+        const int64_t origin = b * s.num_keys * key_stride + m * head_dims;
+        acc_t* grad_value_bm = grad_value_bufs[thread] + origin;
+        if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
+          backward_query_head_vec<scalar_t, kHeadDims>(a, bq, m, a.value + origin, key_stride,
+                                                       grad_output, grad_value_bm, key_stride,
+                                                       grad_sampling_locations,
+                                                       grad_attention_weights);
+        } else {
+          backward_query_head<scalar_t, kHeadDims>(a, bq, m, grad_output, go.data(),
+                                                   grad_value_bm, key_stride,
+                                                   grad_sampling_locations, grad_attention_weights);
+        }
       }
     }
   });
