@@ -552,14 +552,16 @@ def test_compiled_path_reads_no_values_in_python(monkeypatch):
 @compiled_only  # the work split and the half-type accumulators are the CPU kernel's
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('bs,num_heads', [(1, 2), (2, 8)])
-def test_half_backward_is_float32_backward_rounded(dtype, bs, num_heads):
-    """Half types accumulate in float32 (per-head scratch or float32 buffers, by work split),
-    so their gradients are the float32 kernel's on the same values, rounded once."""
+@pytest.mark.parametrize('num_queries', [3, 40])  # 41 keys: sparse / dense reads
+def test_half_backward_is_float32_backward_rounded(dtype, bs, num_heads, num_queries):
+    """Half types accumulate in float32 (per-head scratch, written whole or only its sampled
+    rows, or float32 buffers, by work split), so their gradients are the float32 kernel's on
+    the same values, rounded once."""
     torch.manual_seed(0)
     value, shapes, starts, loc, attn = make_inputs(bs=bs, num_heads=num_heads, head_dims=32,
-                                                   num_queries=40, dtype=torch.float32)
+                                                   num_queries=num_queries, dtype=torch.float32)
     value, loc, attn = (t.to(dtype) for t in (value, loc, attn))
-    grad_out = torch.randn(bs, 40, num_heads * 32).to(dtype)
+    grad_out = torch.randn(bs, num_queries, num_heads * 32).to(dtype)
     half = torch.ops.ddetr.ms_deform_attn_backward(value, shapes, starts, loc, attn, grad_out, 64)
     wide = torch.ops.ddetr.ms_deform_attn_backward(value.float(), shapes, starts, loc.float(),
                                                    attn.float(), grad_out.float(), 64)

@@ -367,7 +367,7 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
     ratio_cells = table[-1].strip('|').split('|')[1:]  # train, inference, 2 x memory
     assert len(ratio_cells) == 4
     assert all(re.match(r'\s*\d+\.\d+x', cell) for cell in ratio_cells)
-    assert 'target >= 1.5x' in ratio_cells[0] and 'target >= 1.5x' in ratio_cells[1]
+    assert 'target >= 3x' in ratio_cells[0] and 'target >= 2.5x' in ratio_cells[1]
     results = json.loads(result_file.read_text())
     assert set(results['ratios']) == {'train', 'inference', 'train_memory',
                                       'inference_memory'}

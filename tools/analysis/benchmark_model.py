@@ -21,7 +21,8 @@ as ddetr's train/test tools do (:mod:`ddetr.engine.cpu_memory`), for both models
 Times: median of --iters runs after one warm-up, the two models alternating. Peak memory:
 how far one run raises the resident set (VmHWM after resetting it through
 /proc/self/clear_refs) above what the process already holds, each model in a fresh
-process. Ratios are mmdet / ddetr; the target is ddetr >= 1.5x faster in both.
+process. Ratios are mmdet / ddetr; the targets: ddetr's training iteration >= 3x faster,
+inference >= 2.5x.
 
 Activation checkpointing: ddetr's training peak is also measured (the same way, in a
 fresh process) with ``with_cp=True`` on every encoder and decoder layer, and printed next
@@ -49,7 +50,7 @@ import torch  # noqa: E402
 
 from benchmark_op import _status_kb  # noqa: E402  (reads /proc/self/status)
 
-SPEED_TARGET = 1.5  # mmdet time / ddetr time, training and inference
+SPEED_TARGETS = {'train': 3.0, 'inference': 2.5}  # mmdet time / ddetr time
 IMPLS = ('ddetr', 'mmdet')
 MEMORY_WORKERS = IMPLS + ('ddetr_with_cp',)  # ddetr with with_cp=True on every layer
 NUM_GT = 5
@@ -223,9 +224,9 @@ def format_report(results: dict) -> str:
     ratios = results['ratios']
     cells = []
     for phase in ('train', 'inference'):
-        ok = ratios[phase] >= SPEED_TARGET
+        ok = ratios[phase] >= SPEED_TARGETS[phase]
         cells.append(f'{ratios[phase]:.2f}x ({"ok" if ok else "MISSED"}, target >= '
-                     f'{SPEED_TARGET:g}x)')
+                     f'{SPEED_TARGETS[phase]:g}x)')
     if mem:
         cells += [f'{ratios["train_memory"]:.2f}x', f'{ratios["inference_memory"]:.2f}x']
     else:
@@ -235,8 +236,8 @@ def format_report(results: dict) -> str:
     lines.append('')
     lines.append(f'same weights: max |ddetr - mmdet| of the outputs: logits '
                  f'{diff["logits"]:.2e}, boxes {diff["boxes"]:.2e}')
-    missed = [p for p in ('train', 'inference') if ratios[p] < SPEED_TARGET]
-    lines.append('target met: ddetr >= 1.5x faster in both' if not missed else
+    missed = [p for p in ('train', 'inference') if ratios[p] < SPEED_TARGETS[p]]
+    lines.append('targets met: ddetr >= 3x faster training, >= 2.5x inference' if not missed else
                  f'target missed: {", ".join(missed)}')
     with_cp = results.get('with_cp')
     if with_cp:

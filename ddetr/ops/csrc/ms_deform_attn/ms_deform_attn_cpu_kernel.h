@@ -243,7 +243,8 @@ template <typename scalar_t, int kHeadDims, typename value_t>
 inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
                                     const value_t* value_bm, int64_t v_key_stride,
                                     const scalar_t* grad_output, float* grad_value_bm,
-                                    int64_t gv_key_stride, scalar_t* grad_sampling_locations,
+                                    int64_t gv_key_stride, uint8_t* touched,
+                                    scalar_t* grad_sampling_locations,
                                     scalar_t* grad_attention_weights) {
   constexpr int kVecs = kHeadDims / 16;
   const MsdaSizes& s = a.sizes;
@@ -304,6 +305,7 @@ inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, 
         if (pt.offset[corner] < 0) continue;
         const int64_t key = start + pt.offset[corner];
         keys[num_points][corner] = key;
+        if (touched) touched[key] = 1;
         prefetch_row(value_bm + key * v_key_stride, kHeadDims * sizeof(value_t), 0);
         prefetch_row(grad_value_bm + key * gv_key_stride, kHeadDims * sizeof(float), 1);
       }
@@ -362,7 +364,7 @@ template <typename scalar_t, int kHeadDims>
 inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
                                 const scalar_t* grad_output, at::opmath_type<scalar_t>* go,
                                 at::opmath_type<scalar_t>* grad_value_bm, int64_t gv_key_stride,
-                                scalar_t* grad_sampling_locations,
+                                uint8_t* touched, scalar_t* grad_sampling_locations,
                                 scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const MsdaSizes& s = a.sizes;
@@ -393,6 +395,7 @@ inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int6
       for (int corner = 0; corner < 4; ++corner) {
         if (pt.offset[corner] < 0) continue;
         const int64_t key = start + pt.offset[corner];
+        if (touched) touched[key] = 1;
         acc_t* gv = grad_value_bm + key * gv_key_stride;
         const acc_t w = attn_p * pt.weight[corner];
 #pragma omp simd
@@ -440,39 +443,33 @@ void forward(const MsdaCpuArgs<scalar_t>& a, scalar_t* output) {
   });
 }
 
-// Writes a compact num_keys x head_dims float slice into (batch, head)'s rows of grad_value.
+// Writes one row of a head's float scratch into grad_value.
 template <typename scalar_t, int kHeadDims>
-inline void write_head_slice(const at::opmath_type<scalar_t>* slice, int64_t num_keys,
-                             int64_t head_dims, int64_t key_stride, scalar_t* dst) {
-  for (int64_t k = 0; k < num_keys; ++k, slice += head_dims, dst += key_stride) {
-    if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
-      for (int j = 0; j < kHeadDims / 16; ++j) {
-        Float16Lanes v;
-        std::memcpy(&v, slice + 16 * j, sizeof(v));
-        store16(dst + 16 * j, v);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < head_dims; ++c) dst[c] = static_cast<scalar_t>(slice[c]);
+inline void write_row(const at::opmath_type<scalar_t>* src, int64_t head_dims, scalar_t* dst) {
+  if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
+    for (int j = 0; j < kHeadDims / 16; ++j) {
+      Float16Lanes v;
+      std::memcpy(&v, src + 16 * j, sizeof(v));
+      store16(dst + 16 * j, v);
     }
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < head_dims; ++c) dst[c] = static_cast<scalar_t>(src[c]);
   }
 }
 
 // With by_head (= split_by_head(sizes)), each thread takes whole (batch, head) pairs, whose
-// value-gradient rows no other thread touches. With in_place (float32/float64 with sparse
-// reads, as in the decoder), it accumulates straight into grad_value, which the caller
-// zeroes: only the sampled rows are touched again. Otherwise it accumulates one pair's
-// gradient in a compact num_keys x head_dims float scratch (zeroed per pair) and then writes
-// it into grad_value, which therefore needs no zeroing beforehand and gets each element
-// written once. With dense_reads (every value row sampled several times on average, as in
-// the encoder), the pair's value rows are first copied into a compact float scratch too: a
-// head's rows are spread over the whole value tensor (one head_dims slice per row of
-// num_heads * head_dims), and reading them in place walks all of its memory pages for every
-// head. Split by query, grad_value_bufs holds one whole-tensor accumulator laid out like
-// value per thread, which the caller sums (and zeroes beforehand).
+// value-gradient rows no other thread touches, accumulating them as head_grad says
+// (HeadGrad in ms_deform_attn_cpu.cpp). With
+// dense_reads (every value row sampled several times on average, as in the encoder), the
+// pair's value rows are first copied into a compact float scratch too: a head's rows are
+// spread over the whole value tensor (one head_dims slice per row of num_heads * head_dims),
+// and reading them in place walks all of its memory pages for every head. Split by query,
+// grad_value_bufs holds one whole-tensor accumulator laid out like value per thread, which
+// the caller sums (and zeroes beforehand).
 template <typename scalar_t, int kHeadDims>
 void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool by_head,
-              bool in_place, bool dense_reads, scalar_t* grad_value,
+              HeadGrad head_grad, bool dense_reads, scalar_t* grad_value,
               at::opmath_type<scalar_t>* const* grad_value_bufs, int64_t num_bufs,
               scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -480,20 +477,26 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
   const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
   const int64_t key_stride = s.num_heads * head_dims;
   if (by_head) {
+    const bool in_place = head_grad == HeadGrad::kInPlace;
+    const bool sampled_rows = head_grad == HeadGrad::kScratchSampledRows;
     acc_t* grad_value_acc = nullptr;
     if constexpr (std::is_same_v<acc_t, scalar_t>) grad_value_acc = grad_value;
     TORCH_CHECK(!in_place || grad_value_acc, "ms_deform_attn_backward: in place needs float32/64");
     at::parallel_for(0, s.bs * s.num_heads, 1, [&](int64_t begin, int64_t end) {
       ChannelScratch<acc_t, kHeadDims> go(s.head_dims);
       const size_t slice_size = static_cast<size_t>(s.num_keys * head_dims);
-      std::vector<acc_t> slice(in_place ? 0 : slice_size);
+      std::vector<acc_t> slice(in_place ? 0 : slice_size);  // zeroed
+      std::vector<uint8_t> touched(sampled_rows ? s.num_keys : 0);
       std::vector<float> values(kVectorKernel<scalar_t, kHeadDims> && dense_reads ? slice_size : 0);
       for (int64_t bm = begin; bm < end; ++bm) {
         const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
         const int64_t origin = b * s.num_keys * key_stride + m * head_dims;
         acc_t* target = in_place ? grad_value_acc + origin : slice.data();
         const int64_t target_stride = in_place ? key_stride : head_dims;
-        std::fill(slice.begin(), slice.end(), acc_t(0));
+        uint8_t* rows = sampled_rows ? touched.data() : nullptr;
+        if (head_grad == HeadGrad::kScratch && bm != begin) {
+          std::fill(slice.begin(), slice.end(), acc_t(0));
+        }
         if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
           const bool compact = !values.empty();
           if (compact) {
@@ -508,24 +511,34 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
             if (compact) {
               backward_query_head_vec<scalar_t, kHeadDims>(
                   a, b * s.num_queries + q, m, values.data(), kHeadDims, grad_output, target,
-                  target_stride, grad_sampling_locations, grad_attention_weights);
+                  target_stride, rows, grad_sampling_locations, grad_attention_weights);
             } else {
               backward_query_head_vec<scalar_t, kHeadDims>(
                   a, b * s.num_queries + q, m, a.value + origin, key_stride, grad_output, target,
-                  target_stride, grad_sampling_locations, grad_attention_weights);
+                  target_stride, rows, grad_sampling_locations, grad_attention_weights);
             }
           }
         } else {
           for (int64_t q = 0; q < s.num_queries; ++q) {
             backward_query_head<scalar_t, kHeadDims>(a, b * s.num_queries + q, m, grad_output,
-                                                     go.data(), target, target_stride,
+                                                     go.data(), target, target_stride, rows,
                                                      grad_sampling_locations,
                                                      grad_attention_weights);
           }
         }
-        if (!in_place) {
-          write_head_slice<scalar_t, kHeadDims>(slice.data(), s.num_keys, head_dims, key_stride,
-                                                grad_value + origin);
+        if (head_grad == HeadGrad::kScratch) {
+          for (int64_t k = 0; k < s.num_keys; ++k) {
+            write_row<scalar_t, kHeadDims>(slice.data() + k * head_dims, head_dims,
+                                           grad_value + origin + k * key_stride);
+          }
+        } else if (sampled_rows) {
+          for (int64_t k = 0; k < s.num_keys; ++k) {
+            if (!touched[k]) continue;
+            acc_t* row = slice.data() + k * head_dims;
+            write_row<scalar_t, kHeadDims>(row, head_dims, grad_value + origin + k * key_stride);
+            std::fill(row, row + head_dims, acc_t(0));
+            touched[k] = 0;
+          }
         }
       }
     });
@@ -543,11 +556,11 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
         if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
           backward_query_head_vec<scalar_t, kHeadDims>(a, bq, m, a.value + origin, key_stride,
                                                        grad_output, grad_value_bm, key_stride,
-                                                       grad_sampling_locations,
+                                                       nullptr, grad_sampling_locations,
                                                        grad_attention_weights);
         } else {
           backward_query_head<scalar_t, kHeadDims>(a, bq, m, grad_output, go.data(),
-                                                   grad_value_bm, key_stride,
+                                                   grad_value_bm, key_stride, nullptr,
                                                    grad_sampling_locations, grad_attention_weights);
         }
       }
