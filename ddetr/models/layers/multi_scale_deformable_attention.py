@@ -152,7 +152,8 @@ class MultiScaleDeformableAttention(BaseModule):
 
         value = self.value_proj(value)
         if key_padding_mask is not None:
-            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+            # in place: the projection's output is fresh, and its backward does not need it
+            value = value.masked_fill_(key_padding_mask[..., None], 0.0)
         # (bs, num_keys, C) -> (bs, num_keys, M, C / M)
         value = value.view(bs, num_keys, num_heads, self.embed_dims // num_heads)
 

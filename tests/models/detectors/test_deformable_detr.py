@@ -136,6 +136,41 @@ def test_padding_does_not_leak_into_the_transformer(variant, build_detector, sam
     torch.testing.assert_close(alone[1][:, 0], together[1][:, 1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_unpadded_batch_skips_the_attention_masks_with_the_same_results(
+        variant, build_detector, batch_of, monkeypatch):
+    """Without padding the attention layers get no mask (its masked_fill would zero
+    nothing); losses and gradients are those of the masked path."""
+    model = build_detector(variant).train()
+    inputs, samples = batch_of(model, [((64, 80), [[10, 12, 50, 60]], [1]),
+                                       ((64, 80), [[5, 5, 30, 40]], [2])])
+    assert not model.any_padding(inputs, samples)
+    seen = []
+    original = MultiScaleDeformableAttention.forward
+
+    def spy(self, *args, key_padding_mask=None, **kwargs):
+        seen.append(key_padding_mask)
+        return original(self, *args, key_padding_mask=key_padding_mask, **kwargs)
+
+    monkeypatch.setattr(MultiScaleDeformableAttention, 'forward', spy)
+    results = []
+    for any_padding in (False, True):  # the skip, then the masks forced on
+        monkeypatch.setattr(DeformableDETR, 'any_padding', staticmethod(lambda *a: any_padding))
+        seen.clear()
+        model.zero_grad()
+        losses = model(inputs, samples, mode='loss')
+        sum(losses.values()).backward()
+        assert all((m is None) != any_padding for m in seen) and seen
+        results.append(([v.detach() for v in losses.values()],
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    for a, b in zip(*[r[0] + r[1] for r in results]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # a smaller image in the batch is padding
+    inputs, samples = batch_of(model, [((64, 80), [], []), ((64, 72), [], [])])
+    monkeypatch.undo()
+    assert DeformableDETR.any_padding(inputs, samples)
+
+
 def test_detector_owns_the_variant_and_ablation_settings(build_detector):
     model = build_detector('twostage', num_layers=3, num_points=2, multi_scale_attention=False)
     head = model.bbox_head
