@@ -64,11 +64,22 @@ inline Float16Lanes load16(const scalar_t* p) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     std::memcpy(&v, p, sizeof(v));
   } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+#if DDETR_ISA_LEVEL >= 2
+    // one widening load and a shift (GCC's vector conversion takes two halves and an
+    // insert); maskz forms, as in the float16 case
+    const __m512i wide = _mm512_maskz_slli_epi32(
+        0xFFFF,
+        _mm512_maskz_cvtepu16_epi32(0xFFFF,
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
+        16);
+    std::memcpy(&v, &wide, sizeof(v));
+#else
     typedef uint16_t U16 __attribute__((vector_size(32)));
     typedef uint32_t U32 __attribute__((vector_size(64)));
     U16 bits;
     std::memcpy(&bits, p, sizeof(bits));
     v = reinterpret_cast<Float16Lanes>(__builtin_convertvector(bits, U32) << 16);
+#endif
   } else {
     static_assert(std::is_same_v<scalar_t, c10::Half>);
 #if DDETR_ISA_LEVEL >= 2
