@@ -12,10 +12,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
-#include <type_traits>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ms_deform_attn.h"

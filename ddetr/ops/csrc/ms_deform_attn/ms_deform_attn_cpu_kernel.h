@@ -152,6 +152,45 @@ inline scalar_t from_float(float x) {
   return static_cast<scalar_t>(x);
 }
 
+// A location or attention weight in the accumulation type (float32 through to_float).
+template <typename acc_t, typename scalar_t>
+inline acc_t to_acc(scalar_t x) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return to_float(x);
+  } else {
+    return static_cast<acc_t>(x);
+  }
+}
+
+// The sampling points of query bq = b * num_queries + q and head m, level by level: for each
+// point with a corner on its map, on_point(pt, attn, n, start, height, width) with its
+// bilinear taps (msda::bilinear_point), attention weight, index n among the head's
+// num_levels * num_points points, and its level's first key and size; for the others (off
+// the map, non-finite, or on a level whose shape would read out of bounds), off_map(n).
+template <typename acc_t, typename scalar_t, typename OnPoint, typename OffMap>
+inline void for_each_point(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64_t m,
+                           OnPoint&& on_point, OffMap&& off_map) {
+  const MsdaSizes& s = a.sizes;
+  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  for (int64_t l = 0, n = 0; l < s.num_levels; ++l) {
+    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
+    const int64_t start = a.level_start_index[l];
+    const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
+    for (int64_t p = 0; p < s.num_points; ++p, ++n) {
+      msda::BilinearPoint<acc_t> pt;
+      if (level_ok && msda::bilinear_point<acc_t>(to_acc<acc_t>(loc[2 * n]),
+                                                  to_acc<acc_t>(loc[2 * n + 1]), height, width,
+                                                  pt)) {
+        on_point(pt, to_acc<acc_t>(attn[n]), n, start, height, width);
+      } else {
+        off_map(n);
+      }
+    }
+  }
+}
+
 // Sum of the 16 lanes as a tree (lane c + lane c + 8, then + 4, + 2, + 1).
 inline float sum16(Float16Lanes v) {
 #if defined(__clang__) || __GNUC__ >= 12
@@ -185,14 +224,11 @@ constexpr bool kVectorKernel =
 // decoder's) then arrive from memory in parallel instead of one miss after another.
 constexpr int kChunkPoints = 16;
 
-template <typename value_t>
-inline void prefetch_row(const value_t* row, int64_t bytes, int for_write) {
+// Prefetches the cache lines of a row of `bytes` bytes, for reading (kWrite 0) or writing.
+template <int kWrite, typename value_t>
+inline void prefetch_row(const value_t* row, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) {
-    if (for_write) {
-      __builtin_prefetch(reinterpret_cast<const char*>(row) + off, 1);
-    } else {
-      __builtin_prefetch(reinterpret_cast<const char*>(row) + off, 0);
-    }
+    __builtin_prefetch(reinterpret_cast<const char*>(row) + off, kWrite);
   }
 }
 
@@ -205,10 +241,8 @@ inline void forward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, i
   static const scalar_t kZeroRow[kHeadDims] = {};
   const MsdaSizes& s = a.sizes;
   const int64_t key_stride = s.num_heads * kHeadDims;
-  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
-  const scalar_t* loc = a.sampling_locations + head_point * 2;
-  const scalar_t* attn = a.attention_weights + head_point;
-  const scalar_t* value_b = a.value + (bq / s.num_queries) * s.num_keys * key_stride;
+  const scalar_t* value_bm = a.value + (bq / s.num_queries) * s.num_keys * key_stride +
+                             m * kHeadDims;
   Float16Lanes acc[kVecs] = {};
   const scalar_t* rows[kChunkPoints][4];
   float weights[kChunkPoints][4];
@@ -221,27 +255,20 @@ inline void forward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, i
     }
     num_taps = 0;
   };
-  for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points) {
-    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
-    const int64_t start = a.level_start_index[l];
-    if (!msda::level_in_bounds(start, height, width, s.num_keys)) continue;
-    const scalar_t* value_l = value_b + start * key_stride + m * kHeadDims;
-    for (int64_t p = 0; p < s.num_points; ++p) {
-      msda::BilinearPoint<float> pt;
-      if (!msda::bilinear_point<float>(to_float(loc[2 * p]), to_float(loc[2 * p + 1]), height,
-                                       width, pt)) {
-        continue;
-      }
-      const float attn_p = to_float(attn[p]);
-      for (int corner = 0; corner < 4; ++corner) {
-        const bool on_map = pt.offset[corner] >= 0;
-        rows[num_taps][corner] = on_map ? value_l + pt.offset[corner] * key_stride : kZeroRow;
-        weights[num_taps][corner] = on_map ? attn_p * pt.weight[corner] : 0.f;
-        prefetch_row(rows[num_taps][corner], kHeadDims * sizeof(scalar_t), 0);
-      }
-      if (++num_taps == kChunkPoints) accumulate();
-    }
-  }
+  for_each_point<float>(
+      a, bq, m,
+      [&](const msda::BilinearPoint<float>& pt, float attn, int64_t, int64_t start, int64_t,
+          int64_t) {
+        for (int corner = 0; corner < 4; ++corner) {
+          const bool on_map = pt.offset[corner] >= 0;
+          rows[num_taps][corner] =
+              on_map ? value_bm + (start + pt.offset[corner]) * key_stride : kZeroRow;
+          weights[num_taps][corner] = on_map ? attn * pt.weight[corner] : 0.f;
+          prefetch_row<0>(rows[num_taps][corner], kHeadDims * sizeof(scalar_t));
+        }
+        if (++num_taps == kChunkPoints) accumulate();
+      },
+      [](int64_t) {});
   accumulate();
   scalar_t* out = output + bq * key_stride + m * kHeadDims;
   for (int j = 0; j < kVecs; ++j) store16(out + 16 * j, acc[j]);
@@ -263,8 +290,6 @@ inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, 
   Float16Lanes go[kVecs];
   for (int j = 0; j < kVecs; ++j) go[j] = load16(grad_output + bq * key_stride + m * kHeadDims + 16 * j);
   const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
-  const scalar_t* loc = a.sampling_locations + head_point * 2;
-  const scalar_t* attn = a.attention_weights + head_point;
   scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
   scalar_t* grad_attn = grad_attention_weights + head_point;
   // A chunk's points: geometry, attention weight, index among the head's points, map size.
@@ -300,33 +325,26 @@ inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, 
     }
     num_points = 0;
   };
-  for (int64_t l = 0; l < s.num_levels; ++l) {
-    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
-    const int64_t start = a.level_start_index[l];
-    const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
-    for (int64_t p = 0; p < s.num_points; ++p) {
-      const int64_t n = l * s.num_points + p;
-      msda::BilinearPoint<float>& pt = pts[num_points];
-      if (!level_ok || !msda::bilinear_point<float>(to_float(loc[2 * n]), to_float(loc[2 * n + 1]),
-                                                    height, width, pt)) {
-        grad_loc[2 * n] = grad_loc[2 * n + 1] = grad_attn[n] = scalar_t(0);
-        continue;
-      }
-      for (int corner = 0; corner < 4; ++corner) {
-        if (pt.offset[corner] < 0) continue;
-        const int64_t key = start + pt.offset[corner];
-        keys[num_points][corner] = key;
-        if (touched) touched[key] = 1;
-        prefetch_row(value_bm + key * v_key_stride, kHeadDims * sizeof(value_t), 0);
-        prefetch_row(grad_value_bm + key * gv_key_stride, kHeadDims * sizeof(float), 1);
-      }
-      attns[num_points] = to_float(attn[n]);
-      index[num_points] = n;
-      heights[num_points] = height;
-      widths[num_points] = width;
-      if (++num_points == kChunkPoints) differentiate();
-    }
-  }
+  for_each_point<float>(
+      a, bq, m,
+      [&](const msda::BilinearPoint<float>& pt, float attn, int64_t n, int64_t start,
+          int64_t height, int64_t width) {
+        for (int corner = 0; corner < 4; ++corner) {
+          if (pt.offset[corner] < 0) continue;
+          const int64_t key = start + pt.offset[corner];
+          keys[num_points][corner] = key;
+          if (touched) touched[key] = 1;
+          prefetch_row<0>(value_bm + key * v_key_stride, kHeadDims * sizeof(value_t));
+          prefetch_row<1>(grad_value_bm + key * gv_key_stride, kHeadDims * sizeof(float));
+        }
+        pts[num_points] = pt;
+        attns[num_points] = attn;
+        index[num_points] = n;
+        heights[num_points] = height;
+        widths[num_points] = width;
+        if (++num_points == kChunkPoints) differentiate();
+      },
+      [&](int64_t n) { grad_loc[2 * n] = grad_loc[2 * n + 1] = grad_attn[n] = scalar_t(0); });
   differentiate();
 }
 
@@ -339,29 +357,22 @@ inline void forward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int64
   const MsdaSizes& s = a.sizes;
   const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
   const int64_t key_stride = s.num_heads * head_dims;  // one key: all heads' channels
-  const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
-  const scalar_t* loc = a.sampling_locations + head_point * 2;
-  const scalar_t* attn = a.attention_weights + head_point;
-  const scalar_t* value_b = a.value + (bq / s.num_queries) * s.num_keys * key_stride;
+  const scalar_t* value_bm = a.value + (bq / s.num_queries) * s.num_keys * key_stride +
+                             m * head_dims;
   for (int64_t c = 0; c < head_dims; ++c) acc[c] = acc_t(0);
-  for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points) {
-    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
-    const int64_t start = a.level_start_index[l];
-    if (!msda::level_in_bounds(start, height, width, s.num_keys)) continue;
-    const scalar_t* value_l = value_b + start * key_stride + m * head_dims;
-    for (int64_t p = 0; p < s.num_points; ++p) {
-      msda::BilinearPoint<acc_t> pt;
-      if (!msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) continue;
-      const acc_t attn_p = attn[p];
-      for (int corner = 0; corner < 4; ++corner) {
-        if (pt.offset[corner] < 0) continue;
-        const scalar_t* v = value_l + pt.offset[corner] * key_stride;
-        const acc_t w = attn_p * pt.weight[corner];
+  for_each_point<acc_t>(
+      a, bq, m,
+      [&](const msda::BilinearPoint<acc_t>& pt, acc_t attn, int64_t, int64_t start, int64_t,
+          int64_t) {
+        for (int corner = 0; corner < 4; ++corner) {
+          if (pt.offset[corner] < 0) continue;
+          const scalar_t* v = value_bm + (start + pt.offset[corner]) * key_stride;
+          const acc_t w = attn * pt.weight[corner];
 #pragma omp simd
-        for (int64_t c = 0; c < head_dims; ++c) acc[c] += w * static_cast<acc_t>(v[c]);
-      }
-    }
-  }
+          for (int64_t c = 0; c < head_dims; ++c) acc[c] += w * static_cast<acc_t>(v[c]);
+        }
+      },
+      [](int64_t) {});
   scalar_t* out = output + bq * key_stride + m * head_dims;
   for (int64_t c = 0; c < head_dims; ++c) out[c] = static_cast<scalar_t>(acc[c]);
 }
@@ -384,42 +395,32 @@ inline void backward_query_head(const MsdaCpuArgs<scalar_t>& a, int64_t bq, int6
   const scalar_t* go_src = grad_output + bq * key_stride + m * head_dims;
   for (int64_t c = 0; c < head_dims; ++c) go[c] = static_cast<acc_t>(go_src[c]);
   const int64_t head_point = (bq * s.num_heads + m) * s.num_levels * s.num_points;
-  const scalar_t* loc = a.sampling_locations + head_point * 2;
-  const scalar_t* attn = a.attention_weights + head_point;
   scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
   scalar_t* grad_attn = grad_attention_weights + head_point;
   const scalar_t* value_bm = a.value + (bq / s.num_queries) * s.num_keys * key_stride +
                              m * head_dims;
-  for (int64_t l = 0; l < s.num_levels; ++l, loc += 2 * s.num_points, attn += s.num_points,
-               grad_loc += 2 * s.num_points, grad_attn += s.num_points) {
-    const int64_t height = a.spatial_shapes[2 * l], width = a.spatial_shapes[2 * l + 1];
-    const int64_t start = a.level_start_index[l];
-    const bool level_ok = msda::level_in_bounds(start, height, width, s.num_keys);
-    for (int64_t p = 0; p < s.num_points; ++p) {
-      msda::BilinearPoint<acc_t> pt;
-      if (!level_ok || !msda::bilinear_point<acc_t>(loc[2 * p], loc[2 * p + 1], height, width, pt)) {
-        grad_loc[2 * p] = grad_loc[2 * p + 1] = grad_attn[p] = scalar_t(0);
-        continue;
-      }
-      const acc_t attn_p = attn[p];
-      acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-      for (int corner = 0; corner < 4; ++corner) {
-        if (pt.offset[corner] < 0) continue;
-        const int64_t key = start + pt.offset[corner];
-        if (touched) touched[key] = 1;
-        acc_t* gv = grad_value_bm + key * gv_key_stride;
-        const acc_t w = attn_p * pt.weight[corner];
+  for_each_point<acc_t>(
+      a, bq, m,
+      [&](const msda::BilinearPoint<acc_t>& pt, acc_t attn, int64_t n, int64_t start,
+          int64_t height, int64_t width) {
+        acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+        for (int corner = 0; corner < 4; ++corner) {
+          if (pt.offset[corner] < 0) continue;
+          const int64_t key = start + pt.offset[corner];
+          if (touched) touched[key] = 1;
+          acc_t* gv = grad_value_bm + key * gv_key_stride;
+          const acc_t w = attn * pt.weight[corner];
 #pragma omp simd
-        for (int64_t c = 0; c < head_dims; ++c) gv[c] += w * go[c];
-        dot[corner] = dot_product<kHeadDims>(go, value_bm + key * key_stride, head_dims);
-      }
-      acc_t g_attn, g_x, g_y;
-      msda::bilinear_point_backward<acc_t>(pt, dot, attn_p, height, width, g_attn, g_x, g_y);
-      grad_loc[2 * p] = static_cast<scalar_t>(g_x);
-      grad_loc[2 * p + 1] = static_cast<scalar_t>(g_y);
-      grad_attn[p] = static_cast<scalar_t>(g_attn);
-    }
-  }
+          for (int64_t c = 0; c < head_dims; ++c) gv[c] += w * go[c];
+          dot[corner] = dot_product<kHeadDims>(go, value_bm + key * key_stride, head_dims);
+        }
+        acc_t g_attn, g_x, g_y;
+        msda::bilinear_point_backward<acc_t>(pt, dot, attn, height, width, g_attn, g_x, g_y);
+        grad_loc[2 * n] = static_cast<scalar_t>(g_x);
+        grad_loc[2 * n + 1] = static_cast<scalar_t>(g_y);
+        grad_attn[n] = static_cast<scalar_t>(g_attn);
+      },
+      [&](int64_t n) { grad_loc[2 * n] = grad_loc[2 * n + 1] = grad_attn[n] = scalar_t(0); });
 }
 
 // Channel scratch of head_dims accumulators: on the stack when head_dims is a
