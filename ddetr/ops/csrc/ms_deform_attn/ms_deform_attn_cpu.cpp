@@ -37,7 +37,8 @@ struct MsdaCpuArgs {
 // How the backward split by head accumulates the value gradient of a (batch, head) pair.
 enum class HeadGrad {
   // A compact num_keys x head_dims float scratch, zeroed per pair and then written whole
-  // into grad_value (which needs no zeroing; every element is written once): dense reads.
+  // into grad_value (which needs no zeroing; every element is written once): dense reads,
+  // for which the vector kernels also copy the pair's value rows into a compact slice.
   kScratch,
   // Straight into grad_value (float32/float64), which the caller zeroes; only the sampled
   // rows are touched again.
@@ -272,7 +273,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   }
 
   const bool by_head = cpu::split_by_head(s);
-  const bool dense = cpu::dense_reads(s);
   const bool empty = grad_output.numel() == 0 || sampling_locations.numel() == 0;
   // float32/float64 accumulate in grad_value itself: split by query (with num_threads - 1
   // private buffers), or by head when few rows are sampled. Half types with few rows
@@ -280,9 +280,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   // every element of grad_value is written once: by head from a per-head scratch, by query
   // (half types) from float32 buffers summed and converted below.
   const bool wide_type = value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble;
-  const cpu::HeadGrad head_grad = dense       ? cpu::HeadGrad::kScratch
-                                  : wide_type ? cpu::HeadGrad::kInPlace
-                                              : cpu::HeadGrad::kScratchSampledRows;
+  const cpu::HeadGrad head_grad = cpu::dense_reads(s) ? cpu::HeadGrad::kScratch
+                                  : wide_type          ? cpu::HeadGrad::kInPlace
+                                                       : cpu::HeadGrad::kScratchSampledRows;
   const bool needs_zeros = by_head ? head_grad != cpu::HeadGrad::kScratch : wide_type;
   auto grad_value = empty || needs_zeros ? at::zeros_like(value, at::MemoryFormat::Contiguous)
                                          : at::empty_like(value, at::MemoryFormat::Contiguous);
@@ -318,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         scalar_t* g_attn = grad_attention_weights.mutable_data_ptr<scalar_t>();
         dispatch_head_dims(s.head_dims, [&](auto head_dims) {
           backward_isa<scalar_t, decltype(head_dims)::value>(
-              args, go, by_head, head_grad, dense, grad_value.mutable_data_ptr<scalar_t>(),
+              args, go, by_head, head_grad, grad_value.mutable_data_ptr<scalar_t>(),
               static_cast<acc_t* const*>(bufs.data()), static_cast<int64_t>(bufs.size()),
               g_loc, g_attn);
         });

@@ -472,8 +472,8 @@ inline void write_row(const at::opmath_type<scalar_t>* src, int64_t head_dims, s
 
 // With by_head (= split_by_head(sizes)), each thread takes whole (batch, head) pairs, whose
 // value-gradient rows no other thread touches, accumulating them as head_grad says
-// (HeadGrad in ms_deform_attn_cpu.cpp). With
-// dense_reads (every value row sampled several times on average, as in the encoder), the
+// (HeadGrad in ms_deform_attn_cpu.cpp). With dense reads (HeadGrad::kScratch: every value
+// row sampled several times on average, as in the encoder), the
 // pair's value rows are first copied into a compact float scratch too: a head's rows are
 // spread over the whole value tensor (one head_dims slice per row of num_heads * head_dims),
 // and reading them in place walks all of its memory pages for every head. Split by query,
@@ -481,7 +481,7 @@ inline void write_row(const at::opmath_type<scalar_t>* src, int64_t head_dims, s
 // the caller sums (and zeroes beforehand).
 template <typename scalar_t, int kHeadDims>
 void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool by_head,
-              HeadGrad head_grad, bool dense_reads, scalar_t* grad_value,
+              HeadGrad head_grad, scalar_t* grad_value,
               at::opmath_type<scalar_t>* const* grad_value_bufs, int64_t num_bufs,
               scalar_t* grad_sampling_locations, scalar_t* grad_attention_weights) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -499,6 +499,7 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
       const size_t slice_size = static_cast<size_t>(s.num_keys * head_dims);
       std::vector<acc_t> slice(in_place ? 0 : slice_size);  // zeroed
       std::vector<uint8_t> touched(sampled_rows ? s.num_keys : 0);
+      const bool dense_reads = head_grad == HeadGrad::kScratch;
       std::vector<float> values(kVectorKernel<scalar_t, kHeadDims> && dense_reads ? slice_size : 0);
       for (int64_t bm = begin; bm < end; ++bm) {
         const int64_t b = bm / s.num_heads, m = bm % s.num_heads;
