@@ -18,13 +18,14 @@ import torch
 from mmengine.config import Config
 
 from ddetr.apis import CheckpointError, build_detector, init_detector, load_config
-from ddetr.ops import HAS_COMPILED_OP
+from ddetr.ops import HAS_COMPILED_OP, HAS_COUNTER_DROPOUT
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
 import amp_geometry_error  # noqa: E402
+import benchmark_dropout  # noqa: E402
 import benchmark_model  # noqa: E402
 import benchmark_op  # noqa: E402
 import model_complexity  # noqa: E402
@@ -412,3 +413,15 @@ def test_benchmark_op_floor_counts_the_bytes_the_op_must_move():
     assert bandwidth > 1e8  # bytes per second: at least 0.1 GB/s on any machine
     assert benchmark_op.floor_ms(inputs, True, bandwidth) == pytest.approx(
         both / bandwidth * 1e3)
+
+
+# ------------------------------------------------------------- benchmark_dropout
+@pytest.mark.skipif(not HAS_COUNTER_DROPOUT, reason='ddetr._C is not built')
+def test_benchmark_dropout_prints_both_implementations_and_their_ratio(capsys):
+    assert benchmark_dropout.main(['--scale', '0.001', '--repeat', '1', '--threads', '1',
+                                   '--dtypes', 'float32', 'bfloat16']) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ')]
+    assert len(rows) == 1 + 4  # header, 2 tensors x 2 dtypes
+    assert rows[1].startswith('| FFN hidden (22 x 1024) | float32 |')
+    assert all(re.search(r'\| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+x \|$', row)
+               for row in rows[1:])

@@ -8,6 +8,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.ops import Dropout
 from ddetr.registry import MODELS
 from ..utils import offset_boxes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
@@ -40,12 +41,12 @@ class DeformableDetrTransformerDecoderLayer(DeformableDetrTransformerLayerBase):
         self.embed_dims = embed_dims
         self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout,
                                                batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
         self.cross_attn = MultiScaleDeformableAttention(
             embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
             num_points=num_points, multi_scale=multi_scale)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.build_ffn(embed_dims=embed_dims, feedforward_channels=feedforward_channels,
                        dropout=dropout)

@@ -6,6 +6,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.ops import Dropout
 from ddetr.registry import MODELS
 from ..utils import geometry_dtype, level_shapes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
@@ -37,7 +38,7 @@ class DeformableDetrTransformerEncoderLayer(DeformableDetrTransformerLayerBase):
         self.self_attn = MultiScaleDeformableAttention(
             embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
             num_points=num_points, multi_scale=multi_scale)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
         self.build_ffn(embed_dims=embed_dims, feedforward_channels=feedforward_channels,
                        dropout=dropout)

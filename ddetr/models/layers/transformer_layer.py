@@ -8,6 +8,8 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.ops import Dropout
+
 
 class DeformableDetrTransformerLayerBase(BaseModule):
     """Base of DeformableDetrTransformerEncoderLayer and ...DecoderLayer.
@@ -19,8 +21,9 @@ class DeformableDetrTransformerLayerBase(BaseModule):
 
     ``with_cp`` (mmcv/mmdet's name): the layer's activations are not kept for the
     backward pass but recomputed in it (``torch.utils.checkpoint``, non-reentrant, dropout
-    replayed with the same random state), trading one extra forward of the layer for the
-    memory of its intermediate tensors. Results and gradients are unchanged.
+    replayed with the same random state: ``ddetr.ops.Dropout``, nn.Dropout with a faster
+    CPU kernel, draws its masks from that state), trading one extra forward of the layer
+    for the memory of its intermediate tensors. Results and gradients are unchanged.
 
     Args:
         with_cp (bool): activation checkpointing while gradients are being recorded.
@@ -34,9 +37,9 @@ class DeformableDetrTransformerLayerBase(BaseModule):
                   dropout: float) -> None:
         """Create the FFN's modules (call where the layer's FFN sits in its order)."""
         self.linear1 = nn.Linear(embed_dims, feedforward_channels)
-        self.ffn_dropout = nn.Dropout(dropout)
+        self.ffn_dropout = Dropout(dropout)
         self.linear2 = nn.Linear(feedforward_channels, embed_dims)
-        self.ffn_out_dropout = nn.Dropout(dropout)
+        self.ffn_out_dropout = Dropout(dropout)
 
     def forward_ffn(self, query: Tensor, norm: nn.Module) -> Tensor:
         """(bs, n, C) -> (bs, n, C): the FFN with its residual connection and ``norm``."""

@@ -1,4 +1,4 @@
-// The ddetr._C extension: op schemas (implemented per device in ms_deform_attn/) and a few
+// The ddetr._C extension: op schemas (implemented per device in ms_deform_attn/ and dropout/) and a few
 // introspection functions for ddetr.ops.backend_info() and the tests.
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -13,6 +13,9 @@ TORCH_LIBRARY(ddetr, m) {
       "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output, "
       "int im2col_step=64) -> (Tensor, Tensor, Tensor)");
+  // y = x * keep / (1 - p), keep a pure function of (seed, element index): see
+  // dropout/counter_dropout_cpu.cpp. Its own backward (same p and seed on the gradient).
+  m.def("counter_dropout(Tensor input, float p, int seed) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
