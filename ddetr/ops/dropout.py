@@ -13,7 +13,8 @@ reproducible and activation checkpointing (which saves and restores that generat
 replays the same mask in its recomputation. The masks differ from torch's (another
 generator), their distribution does not: each element kept with probability 1 - p (to
 2**-32), independently. Elsewhere (CUDA, whose dropout is already one fused kernel; no
-compiled op; inplace; TorchScript / ONNX tracing) it is ``nn.Dropout`` itself.
+compiled op; inplace; TorchScript / ONNX tracing; inside torch.compile, whose generated
+code has its own dropout) it is ``nn.Dropout`` itself.
 """
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,11 @@ class Dropout(nn.Dropout):
 
     def forward(self, input: Tensor) -> Tensor:
         if (not self.training or self.inplace or not 0.0 < self.p < 1.0
-                or input.device.type != 'cpu' or not HAS_COUNTER_DROPOUT or _tracing()):
+                or input.device.type != 'cpu' or not HAS_COUNTER_DROPOUT or _tracing()
+                or torch.compiler.is_compiling()):
             return F.dropout(input, self.p, self.training, self.inplace)
-        seed = int(torch.randint(1 << 62, (), dtype=torch.int64))  # advances torch's generator
+        # one draw from torch's default CPU generator (which it advances)
+        seed = int(torch.randint(1 << 62, (), dtype=torch.int64, device='cpu'))
         return torch.ops.ddetr.counter_dropout(input, self.p, seed)
 
 

@@ -135,3 +135,9 @@ def test_module_uses_the_counter_kernel_on_the_cpu():
     seed = int(torch.randint(1 << 62, (), dtype=torch.int64))
     torch.manual_seed(1)
     assert torch.equal(Dropout(0.4)(x), counter_dropout(x, 0.4, seed))
+
+
+def test_module_compiles_without_graph_breaks():
+    drop = Dropout(0.5)
+    out = torch.compile(drop, fullgraph=True, backend='eager')(torch.ones(1000))
+    assert set(out.unique().tolist()) <= {0.0, 2.0} and 300 < int((out == 0).sum()) < 700
