@@ -21,8 +21,15 @@
 namespace ddetr {
 namespace {
 
+// Inlined into each per-ISA copy below, which then vectorizes it for its instruction set.
+#if defined(__GNUC__)
+#define DDETR_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DDETR_ALWAYS_INLINE inline
+#endif
+
 // SplitMix64's output function (Steele, Lea & Flood, 2014): a bijective 64-bit mixer.
-inline uint64_t mix64(uint64_t z) {
+DDETR_ALWAYS_INLINE uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
@@ -33,8 +40,9 @@ constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ULL;  // SplitMix64's stream
 // y[i] = x[i] * (keep ? scale : 0) for i in [begin, end). Multiplying (rather than
 // selecting zeros) keeps torch's semantics for dropped NaN / inf inputs (NaN out).
 template <typename scalar_t>
-void masked_scale(const scalar_t* x, scalar_t* y, int64_t begin, int64_t end, uint64_t key,
-                  uint64_t threshold, at::opmath_type<scalar_t> scale) {
+DDETR_ALWAYS_INLINE void masked_scale(const scalar_t* x, scalar_t* y, int64_t begin,
+                                      int64_t end, uint64_t key, uint64_t threshold,
+                                      at::opmath_type<scalar_t> scale) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = begin; i < end; ++i) {
     const uint64_t draw = mix64(key + static_cast<uint64_t>(i) * kGoldenGamma) >> 32;
