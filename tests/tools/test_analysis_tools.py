@@ -2,7 +2,7 @@
 small generated images: model_complexity (the op's FLOPs, parameter counts),
 vis_sampling_points (what is captured, pixel conversion, the picture), demo (drawn
 detections, clear errors), benchmark_model (a smoke run against mmdet) and the mmdet
-equivalent it builds."""
+equivalent it builds, benchmark_op's floor, benchmark_dropout and profile_step."""
 import importlib.util
 import json
 import os
@@ -29,6 +29,7 @@ import benchmark_dropout  # noqa: E402
 import benchmark_model  # noqa: E402
 import benchmark_op  # noqa: E402
 import model_complexity  # noqa: E402
+import profile_step  # noqa: E402
 import vis_sampling_points as vis  # noqa: E402
 from converter_utils import ConversionError  # noqa: E402
 from mmdet_equivalent import mmdet_model_cfg  # noqa: E402
@@ -425,3 +426,42 @@ def test_benchmark_dropout_prints_both_implementations_and_their_ratio(capsys):
     assert rows[1].startswith('| FFN hidden (22 x 1024) | float32 |')
     assert all(re.search(r'\| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+x \|$', row)
                for row in rows[1:])
+
+
+# ------------------------------------------------------------------- profile_step
+
+def test_profile_step_tables_a_training_step(tmp_path, capsys):
+    """Two profiled steps of a shrunken quick-start model on 4 generated images: the step
+    time, one row per kind of op with its share (largest first, the rows and the rest adding
+    up to the whole profiled step) and the Chrome trace."""
+    data_root = str(tmp_path / 'data') + '/'
+    synthetic = 'dict(num_train=4, num_val=1, seed=1, min_side=64, max_side=96, max_objects=2)'
+    config = tmp_path / 'tiny.py'
+    config.write_text(f"""
+_base_ = {QUICKSTART!r}
+data_root = {data_root!r}
+synthetic = {synthetic}
+model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, synthetic=synthetic))
+""")
+    trace = tmp_path / 'trace.json'
+    assert profile_step.main([str(config), '--steps', '2', '--warmup', '1', '--rows', '5',
+                              '--trace', str(trace)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'tiny\.py: \d+\.\d ms a training step \(2 steps, batch 2, ', out)
+    rows = [line.strip('|').split('|') for line in out.splitlines()
+            if line.startswith('| ') and not line.startswith('| op ')]
+    assert len(rows) == 6 and rows[-1][0].strip().endswith('other kinds)')
+    ms = [float(row[1]) for row in rows[:-1]]
+    assert ms == sorted(ms, reverse=True) and ms[0] > 0
+    shares = [float(row[2].strip().rstrip('%')) for row in rows]
+    assert sum(shares) == pytest.approx(100, abs=0.6)  # each rounded to 0.1 %
+    names = ' '.join(row[0] for row in rows) + out
+    assert 'aten::' in names
+    assert json.loads(trace.read_text())['traceEvents']
+
+
+def test_profile_step_names_a_missing_config(capsys):
+    assert profile_step.main(['nope/missing.py']) == 1
+    assert 'nope/missing.py does not exist' in capsys.readouterr().err
