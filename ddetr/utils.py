@@ -1,4 +1,6 @@
 """Small helpers shared by ddetr's tools and tests."""
+import re
+
 from mmengine.registry import init_default_scope
 
 
@@ -92,3 +94,76 @@ def setup_cpu_distributed(cfg):
     cfg.model_wrapper_cfg = dict(
         type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+class ConfigError(ValueError):
+    """A config that does not build: a key its class does not take, or one it needs."""
+
+
+_UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+_MISSING = re.compile(r'(\w+)\.__init__\(\) missing \d+ required (?:positional |keyword-only )?'
+                      r'arguments?: (.+)$')
+
+
+def _find_class(err: BaseException, class_name: str):
+    """The class called ``class_name`` whose call raised ``err``: looked up in the frames
+    of its traceback, innermost first (the caller's locals, as the registry's ``obj_cls``,
+    then its module's globals), following the exceptions ``err`` was raised from (mmengine's
+    registry re-raises a build error as a new one); ddetr's modules, then mmdet's and
+    others' as a last resort (class names repeat: mmdet has its own encoder layers)."""
+    import inspect
+    import sys
+    import traceback
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+        for frame in reversed(frames):
+            for candidate in list(frame.f_locals.values()) + [frame.f_globals.get(class_name)]:
+                if inspect.isclass(candidate) and candidate.__name__ == class_name:
+                    return candidate
+        err = err.__cause__ or err.__context__
+    for prefix in ('ddetr', 'mmdet', 'mmcv', 'mmengine', 'torch'):
+        for name, module in list(sys.modules.items()):
+            if name.split('.')[0] == prefix:
+                candidate = getattr(module, class_name, None)
+                if inspect.isclass(candidate):
+                    return candidate
+    return None
+
+
+def _init_parameters(err: BaseException, class_name: str):
+    """The names ``__init__`` of the class ``class_name`` takes, or None if not found."""
+    import inspect
+    cls = _find_class(err, class_name)
+    if cls is None:
+        return None
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    return [name for name, param in params.items() if name != 'self'
+            and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)]
+
+
+def explain_build_error(err: TypeError):
+    """A :class:`ConfigError` saying which key of the config a class rejected or lacks, with
+    the nearest accepted names ("did you mean"), for the TypeError Python raises when a
+    config key is misspelt or missing; None for any other TypeError (a bug, not a config
+    mistake, which keeps its traceback)."""
+    import difflib
+    message = str(err)
+    unexpected, missing = _UNEXPECTED.search(message), _MISSING.search(message)
+    if unexpected:
+        class_name, key = unexpected.groups()
+        accepted = _init_parameters(err, class_name)
+        text = f'the config gives {class_name} a key it does not take: {key!r}'
+        if accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            text += f" (did you mean {close[0]!r}?)" if close else ''
+            text += f'; {class_name} takes: {", ".join(accepted)}'
+        return ConfigError(text)
+    if missing:
+        class_name, keys = missing.groups()
+        return ConfigError(f'the config does not set {keys} for {class_name}, which needs it')
+    return None

@@ -121,7 +121,11 @@ def main(argv=None):
         cpu_memory.enabled()  # $DDETR_KEEP_FREED_MEMORY, read by the Runner
     except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    runner = DdetrRunner.from_cfg(cfg)
+    from ddetr.utils import ConfigError
+    try:
+        runner = DdetrRunner.from_cfg(cfg)
+    except ConfigError as e:  # a misspelt or missing key of the model's config
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
     try:
         metrics = runner.test()
     except (ImageLoadError, UntrustedCheckpointError, CheckpointError) as e:  # a bad image or

@@ -40,11 +40,18 @@ def load_config(config: Union[str, Config], cfg_options: Optional[Sequence[str]]
 
 
 def build_detector(cfg: Config) -> nn.Module:
-    """The config's model from ddetr's registry (mmdet's modules as fallback)."""
+    """The config's model from ddetr's registry (mmdet's modules as fallback). A misspelt
+    or missing config key raises :class:`ddetr.utils.ConfigError` naming it."""
     from ddetr.registry import MODELS
-    from ddetr.utils import register_all_modules
+    from ddetr.utils import explain_build_error, register_all_modules
     register_all_modules()
-    return MODELS.build(cfg.model)
+    try:
+        return MODELS.build(cfg.model)
+    except TypeError as err:
+        config_error = explain_build_error(err)
+        if config_error is None:
+            raise
+        raise config_error from None
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:

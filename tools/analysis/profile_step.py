@@ -74,7 +74,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as work_dir:
         try:
             model, optim_wrapper, loader = build(args.config, args.cfg_options, work_dir)
-        except (FileNotFoundError, KeyError, ValueError, TypeError) as err:
+        except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: ConfigError too
             print(f'profile_step: {err}', file=sys.stderr)
             return 1
         batches, loader_iter = [], iter(loader)

@@ -90,7 +90,7 @@ def main(argv=None):
     from ddetr.registry import DATASETS
     try:
         model = init_detector(args.config, args.checkpoint)
-    except (FileNotFoundError, KeyError, CheckpointError) as e:
+    except (FileNotFoundError, KeyError, ValueError, CheckpointError) as e:
         sys.exit(f'show_predictions: {e}')
     dataset = DATASETS.build(model.cfg.test_dataloader.dataset)
     classes = dataset.metainfo['classes']
