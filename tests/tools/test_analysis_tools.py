@@ -465,3 +465,11 @@ train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
 def test_profile_step_names_a_missing_config(capsys):
     assert profile_step.main(['nope/missing.py']) == 1
     assert 'nope/missing.py does not exist' in capsys.readouterr().err
+
+
+def test_amp_geometry_error_names_a_misspelt_config_key(tmp_path, capsys):
+    config = tmp_path / 'typo.py'
+    config.write_text(f"_base_ = {QUICKSTART!r}\nmodel = dict(neck=dict(out_channel=64))\n")
+    assert amp_geometry_error.main([str(config), '--shape', '64', '64']) == 1
+    err = capsys.readouterr().err
+    assert "'out_channel' (did you mean 'out_channels'?)" in err

@@ -88,8 +88,8 @@ def per_level_error(ref: dict, test: dict) -> List[float]:
     return errors
 
 
-def run(args, log=print) -> Dict[str, List[float]]:
-    model = build_model(args)
+def run(args, log=print, model=None) -> Dict[str, List[float]]:
+    model = model if model is not None else build_model(args)
     gen = torch.Generator().manual_seed(args.seed)
     inputs = torch.randn(1, 3, *args.shape, generator=gen).to(args.device)
     ref = record_locations(model, inputs)
@@ -114,7 +114,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     print(f'{args.config}, input {args.shape[0]}x{args.shape[1]}, {args.device}, '
           f'autocast {args.dtype}', flush=True)
-    run(args)
+    from ddetr.apis import CheckpointError
+    try:
+        model = build_model(args)
+    except (FileNotFoundError, KeyError, ValueError, CheckpointError) as e:  # config, weights
+        print(f'amp_geometry_error: error: {e}', file=sys.stderr)
+        return 1
+    run(args, model=model)
     return 0
 
 
