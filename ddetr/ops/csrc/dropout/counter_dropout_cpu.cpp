@@ -41,7 +41,7 @@ constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ULL;  // SplitMix64's stream
 // selecting zeros) keeps torch's semantics for dropped NaN / inf inputs (NaN out).
 template <typename scalar_t>
 DDETR_ALWAYS_INLINE void masked_scale(const scalar_t* x, scalar_t* y, int64_t begin,
-                                      int64_t end, uint64_t key, uint64_t threshold,
+                              int64_t end, uint64_t key, uint64_t threshold,
                                       at::opmath_type<scalar_t> scale) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = begin; i < end; ++i) {
@@ -51,40 +51,31 @@ DDETR_ALWAYS_INLINE void masked_scale(const scalar_t* x, scalar_t* y, int64_t be
   }
 }
 
-// One copy per instruction set, chosen when the library loads: the loop above vectorizes
-// (8 64-bit lanes a multiply with AVX-512DQ, 4 with AVX2).
+// One copy per instruction set and dtype (overloads), chosen when the library loads: the
+// loop above vectorizes (8 64-bit lanes a multiply with AVX-512DQ, 4 with AVX2).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DDETR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DDETR_CLONES
 #endif
 
-DDETR_CLONES void masked_scale_float(const float* x, float* y, int64_t begin, int64_t end,
-                                     uint64_t key, uint64_t threshold, float scale) {
+DDETR_CLONES void masked_scale_isa(const float* x, float* y, int64_t begin, int64_t end,
+                                   uint64_t key, uint64_t threshold, float scale) {
   masked_scale(x, y, begin, end, key, threshold, scale);
 }
-DDETR_CLONES void masked_scale_double(const double* x, double* y, int64_t begin, int64_t end,
-                                      uint64_t key, uint64_t threshold, double scale) {
+DDETR_CLONES void masked_scale_isa(const double* x, double* y, int64_t begin, int64_t end,
+                                   uint64_t key, uint64_t threshold, double scale) {
   masked_scale(x, y, begin, end, key, threshold, scale);
 }
-DDETR_CLONES void masked_scale_bf16(const at::BFloat16* x, at::BFloat16* y, int64_t begin,
-                                    int64_t end, uint64_t key, uint64_t threshold,
-                                    float scale) {
+DDETR_CLONES void masked_scale_isa(const at::BFloat16* x, at::BFloat16* y, int64_t begin,
+                                   int64_t end, uint64_t key, uint64_t threshold,
+                                   float scale) {
   masked_scale(x, y, begin, end, key, threshold, scale);
 }
-DDETR_CLONES void masked_scale_half(const at::Half* x, at::Half* y, int64_t begin, int64_t end,
-                                    uint64_t key, uint64_t threshold, float scale) {
+DDETR_CLONES void masked_scale_isa(const at::Half* x, at::Half* y, int64_t begin, int64_t end,
+                                   uint64_t key, uint64_t threshold, float scale) {
   masked_scale(x, y, begin, end, key, threshold, scale);
 }
-
-void masked_scale_any(const float* x, float* y, int64_t b, int64_t e, uint64_t k, uint64_t t,
-                      float s) { masked_scale_float(x, y, b, e, k, t, s); }
-void masked_scale_any(const double* x, double* y, int64_t b, int64_t e, uint64_t k, uint64_t t,
-                      double s) { masked_scale_double(x, y, b, e, k, t, s); }
-void masked_scale_any(const at::BFloat16* x, at::BFloat16* y, int64_t b, int64_t e, uint64_t k,
-                      uint64_t t, float s) { masked_scale_bf16(x, y, b, e, k, t, s); }
-void masked_scale_any(const at::Half* x, at::Half* y, int64_t b, int64_t e, uint64_t k,
-                      uint64_t t, float s) { masked_scale_half(x, y, b, e, k, t, s); }
 
 at::Tensor counter_dropout_cpu(const at::Tensor& input, double p, int64_t seed) {
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "counter_dropout: p must be in [0, 1), got ", p);
@@ -103,7 +94,7 @@ at::Tensor counter_dropout_cpu(const at::Tensor& input, double p, int64_t seed) 
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     constexpr int64_t kGrain = 1 << 15;
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      masked_scale_any(x_data, y_data, begin, end, key, threshold, scale);
+      masked_scale_isa(x_data, y_data, begin, end, key, threshold, scale);
     });
   });
   return y;
