@@ -1,4 +1,5 @@
 """Small helpers shared by ddetr's tools and tests."""
+import contextlib
 import re
 
 from mmengine.registry import init_default_scope
@@ -167,3 +168,17 @@ def explain_build_error(err: TypeError):
         class_name, keys = missing.groups()
         return ConfigError(f'the config does not set {keys} for {class_name}, which needs it')
     return None
+
+
+@contextlib.contextmanager
+def config_errors_named():
+    """Around building a model from a config: a misspelt or missing key leaves as the
+    :class:`ConfigError` of :func:`explain_build_error` (no traceback through the
+    constructors); any other TypeError is re-raised as it is."""
+    try:
+        yield
+    except TypeError as err:
+        config_error = explain_build_error(err)
+        if config_error is None:
+            raise
+        raise config_error from None

@@ -43,15 +43,10 @@ def build_detector(cfg: Config) -> nn.Module:
     """The config's model from ddetr's registry (mmdet's modules as fallback). A misspelt
     or missing config key raises :class:`ddetr.utils.ConfigError` naming it."""
     from ddetr.registry import MODELS
-    from ddetr.utils import explain_build_error, register_all_modules
+    from ddetr.utils import config_errors_named, register_all_modules
     register_all_modules()
-    try:
+    with config_errors_named():
         return MODELS.build(cfg.model)
-    except TypeError as err:
-        config_error = explain_build_error(err)
-        if config_error is None:
-            raise
-        raise config_error from None
 
 
 def load_weights(model: nn.Module, checkpoint: str) -> dict:

@@ -27,14 +27,9 @@ class DdetrRunner(Runner):
         """mmengine's, with a misspelt or missing config key reported as
         :class:`ddetr.utils.ConfigError` naming the key (and the nearest one the class takes)
         instead of a traceback through the model's constructors."""
-        from ddetr.utils import explain_build_error
-        try:
+        from ddetr.utils import config_errors_named
+        with config_errors_named():
             return super().build_model(model)
-        except TypeError as err:
-            config_error = explain_build_error(err)
-            if config_error is None:
-                raise
-            raise config_error from None
 
     def train(self):
         self._finetune = True
