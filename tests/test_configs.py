@@ -190,6 +190,8 @@ def test_quickstart_replaces_the_coco_settings_it_inherits():
     assert cfg.param_scheduler[1].milestones == [int(2800 * 0.75)]
     # one fused kernel per parameter (the default would loop over them in Python)
     assert wrapper.optimizer.defaults['fused'] and not wrapper.optimizer.defaults['foreach']
+    # one group per setting (lr, lr x 0.1), not one per parameter
+    assert len(wrapper.optimizer.param_groups) == 2
 
 
 def test_paper_schedule_steps_all_parameters_at_once():
@@ -197,6 +199,10 @@ def test_paper_schedule_steps_all_parameters_at_once():
     cfg, model = build(config_path('ddetr_r50.py'))
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     assert wrapper.optimizer.defaults['foreach'] is True
+    # lr and lr x 0.1 (backbone, sampling offsets, reference points; the frozen stem is
+    # left out), not one group per parameter
+    assert cfg.optim_wrapper.constructor == 'GroupedOptimWrapperConstructor'
+    assert len(wrapper.optimizer.param_groups) == 2
 
 
 # ---------------------------------------------------------------- the mini sweep (issue 9)

@@ -4,10 +4,11 @@ and fine-tuning (:mod:`ddetr.engine.state_dict`, used by :class:`DdetrRunner`), 
 mixed precision."""
 from .checkpoint import load_checkpoint_file, use_safe_checkpoint_loader
 from .hooks import FiniteLossHook, PreflightError, PreflightHook
+from .optim_constructor import GroupedOptimWrapperConstructor
 from .optim_wrapper import CPUAmpOptimWrapper
 from .runner import DdetrRunner
 from .state_dict import CheckpointError
 
-__all__ = ['CheckpointError', 'DdetrRunner', 'FiniteLossHook', 'PreflightError',
-           'PreflightHook', 'CPUAmpOptimWrapper', 'load_checkpoint_file',
+__all__ = ['CheckpointError', 'DdetrRunner', 'FiniteLossHook', 'GroupedOptimWrapperConstructor',
+           'PreflightError', 'PreflightHook', 'CPUAmpOptimWrapper', 'load_checkpoint_file',
            'use_safe_checkpoint_loader']

@@ -8,7 +8,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from .cpu_memory import keep_freed_memory
-from .state_dict import load_for_finetuning, load_for_testing, state_dict_of
+from .state_dict import CheckpointError, load_for_finetuning, load_for_testing, state_dict_of
 
 
 class DdetrRunner(Runner):
@@ -34,6 +34,21 @@ class DdetrRunner(Runner):
     def train(self):
         self._finetune = True
         return super().train()
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        """mmengine's, with an optimizer state whose parameter groups do not match this
+        config's optimizer reported as :class:`CheckpointError` saying what to do."""
+        try:
+            super().resume(filename, *args, **kwargs)
+        except ValueError as err:
+            if 'parameter group' not in str(err):
+                raise
+            raise CheckpointError(
+                f'{filename}: its optimizer state does not fit this config\'s optimizer '
+                f'({err}). ddetr groups the parameters that share settings since '
+                f'2026-12-03 (GroupedOptimWrapperConstructor); checkpoints saved before '
+                f'have one group per parameter. Resume it with the ddetr version that saved '
+                f'it, or start from its weights: --cfg-options load_from={filename}') from err
 
     def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
                         revise_keys=None):

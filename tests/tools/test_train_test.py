@@ -124,6 +124,28 @@ def test_resume_continues_the_iteration_count_after_a_kill(tmp_path):
     assert ckpt['optimizer']['state']  # the optimizer state came along
 
 
+def test_resume_from_one_group_per_parameter_stops_with_what_to_do(tmp_path):
+    """A checkpoint whose optimizer has one group per parameter (mmengine's default
+    constructor, ddetr before GroupedOptimWrapperConstructor) does not resume into the
+    grouped optimizer: one line saying why and what to do instead, no traceback."""
+    import torch
+    config = write_config(tmp_path, max_iters=2, checkpoint_interval=2)
+    work_dir = tmp_path / 'work'
+    run(['tools/train.py', config, '--work-dir', str(work_dir)])
+    ckpt = torch.load(work_dir / 'iter_2.pth', map_location='cpu', weights_only=False)
+    groups = ckpt['optimizer']['param_groups']
+    assert len(groups) == 2  # lr and lr x 0.1
+    ckpt['optimizer']['param_groups'] = [dict(g, params=[i]) for g in groups for i in g['params']]
+    old = tmp_path / 'per_parameter.pth'
+    torch.save(ckpt, old)
+    proc = run(['tools/train.py', config, '--work-dir', str(tmp_path / 'work2'), '--resume',
+                str(old), '--cfg-options', 'train_cfg.max_iters=4'], check=False)
+    err = proc.stderr
+    assert proc.returncode != 0
+    assert 'Traceback' not in err
+    assert 'one group per parameter' in err and f'load_from={old}' in err
+
+
 def test_two_process_torchrun_training_on_cpu(tmp_path):
     config = write_config(tmp_path, max_iters=2, checkpoint_interval=2)
     work_dir = str(tmp_path / 'work')
