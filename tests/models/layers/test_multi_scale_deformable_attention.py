@@ -226,36 +226,42 @@ def test_bad_inputs_are_named():
                spatial_shapes, starts)
 
 
-@pytest.mark.parametrize('ref_dims', [2, 4])
-def test_offsets_and_locations_are_float32_under_autocast(ref_dims, monkeypatch):
-    """Trained (non-zero) offset weights: under bfloat16 autocast the offset projection
-    still runs in float32, so the locations reaching the op are float32 and equal the
-    float32 run's; values and attention weights may come from bfloat16 projections."""
+def spied_module_and_inputs(ref_dims, monkeypatch):
+    """A module with trained-like (random) weights, its inputs (2 images, 5 queries, 3
+    levels) and the list of (sampling_locations, attention_weights) the op is called with."""
     gen = torch.Generator().manual_seed(0)
     module = MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=3,
                                            num_points=2)
     randomize(module, gen)
     spatial_shapes, level_start_index = level_index(SHAPES)
     num_keys = int(spatial_shapes.prod(1).sum())
-    query = torch.randn(2, 5, 16, generator=gen)
-    value = torch.randn(2, num_keys, 16, generator=gen)
-    reference_points = torch.rand(2, 5, 3, ref_dims, generator=gen)
+    kwargs = dict(query=torch.randn(2, 5, 16, generator=gen),
+                  reference_points=torch.rand(2, 5, 3, ref_dims, generator=gen),
+                  value=torch.randn(2, num_keys, 16, generator=gen),
+                  spatial_shapes=spatial_shapes, level_start_index=level_start_index)
     calls = []
     original_op = msda_module.ms_deform_attn
 
     def spy(value, spatial_shapes, level_start_index, sampling_locations, weights, *args):
-        calls.append(sampling_locations)
+        calls.append((sampling_locations, weights))
         return original_op(value, spatial_shapes, level_start_index, sampling_locations,
                            weights, *args)
 
     monkeypatch.setattr(msda_module, 'ms_deform_attn', spy)
-    kwargs = dict(query=query, reference_points=reference_points, value=value,
-                  spatial_shapes=spatial_shapes, level_start_index=level_start_index)
+    return module, kwargs, calls
+
+
+@pytest.mark.parametrize('ref_dims', [2, 4])
+def test_offsets_and_locations_are_float32_under_autocast(ref_dims, monkeypatch):
+    """Trained (non-zero) offset weights: under bfloat16 autocast the offset projection
+    still runs in float32, so the locations reaching the op are float32 and equal the
+    float32 run's; values and attention weights may come from bfloat16 projections."""
+    module, kwargs, calls = spied_module_and_inputs(ref_dims, monkeypatch)
     with torch.no_grad():
         module(**kwargs)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             module(**kwargs)
-    ref, amp = calls
+    (ref, _), (amp, _) = calls
     assert amp.dtype == torch.float32
     torch.testing.assert_close(amp, ref, rtol=1e-6, atol=1e-6)
 
@@ -265,31 +271,13 @@ def test_attention_softmax_in_float32_under_autocast(monkeypatch):
     in the op's float32 (as CUDA's autocast does): the weights the op gets are the float32
     softmax of the bfloat16 logits, each query's and head's weights summing to 1 to float32
     precision (a bfloat16 softmax is off by ~1e-3)."""
-    gen = torch.Generator().manual_seed(0)
-    module = MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=3,
-                                           num_points=2)
-    randomize(module, gen)
-    spatial_shapes, level_start_index = level_index(SHAPES)
-    num_keys = int(spatial_shapes.prod(1).sum())
-    query = torch.randn(2, 5, 16, generator=gen)
-    value = torch.randn(2, num_keys, 16, generator=gen)
-    reference_points = torch.rand(2, 5, 3, 2, generator=gen)
-    seen = {}
-    original_op = msda_module.ms_deform_attn
-
-    def spy(value, spatial_shapes, level_start_index, sampling_locations, weights, *args):
-        seen['weights'] = weights
-        return original_op(value, spatial_shapes, level_start_index, sampling_locations,
-                           weights, *args)
-
-    monkeypatch.setattr(msda_module, 'ms_deform_attn', spy)
+    module, kwargs, calls = spied_module_and_inputs(2, monkeypatch)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        module(query=query, reference_points=reference_points, value=value,
-               spatial_shapes=spatial_shapes, level_start_index=level_start_index)
-        logits = module.attention_weights(query)
+        module(**kwargs)
+        logits = module.attention_weights(kwargs['query'])
     assert logits.dtype == torch.bfloat16
     expected = logits.float().view(2, 5, 2, 6).softmax(-1).view(2, 5, 2, 3, 2)
-    weights = seen['weights']
+    (_, weights), = calls
     assert weights.dtype == torch.float32
     torch.testing.assert_close(weights, expected, rtol=0, atol=0)
     torch.testing.assert_close(weights.sum((-2, -1)), torch.ones(2, 5, 2), rtol=0, atol=1e-6)
