@@ -24,8 +24,9 @@ class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     Groups keep the order in which their first parameter is met (mmengine's: module by
     module), so the first group, whose learning rate the logs show, is the same as
     mmengine's. An optimizer state saved with one group per parameter (a checkpoint
-    from before this constructor) does not resume into the merged groups: torch says
-    the number of groups differs; such a checkpoint still loads as ``load_from``.
+    from before this constructor) does not resume into the merged groups:
+    :meth:`DdetrRunner.resume` stops with a :class:`CheckpointError` saying so; such a
+    checkpoint still loads as ``load_from``.
     """
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',

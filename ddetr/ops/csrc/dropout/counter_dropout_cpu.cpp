@@ -41,7 +41,7 @@ constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ULL;  // SplitMix64's stream
 // selecting zeros) keeps torch's semantics for dropped NaN / inf inputs (NaN out).
 template <typename scalar_t>
 DDETR_ALWAYS_INLINE void masked_scale(const scalar_t* x, scalar_t* y, int64_t begin,
-                              int64_t end, uint64_t key, uint64_t threshold,
+                                      int64_t end, uint64_t key, uint64_t threshold,
                                       at::opmath_type<scalar_t> scale) {
   using opmath_t = at::opmath_type<scalar_t>;
   for (int64_t i = begin; i < end; ++i) {
