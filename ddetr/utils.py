@@ -102,6 +102,7 @@ class ConfigError(ValueError):
 
 
 _UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+_UNREGISTERED = re.compile(r"^(\w+) is not in the (\w+::)?(.+?) registry")
 _MISSING = re.compile(r'(\w+)\.__init__\(\) missing \d+ required (?:positional |keyword-only )?'
                       r'arguments?: (.+)$')
 
@@ -147,12 +148,52 @@ def _init_parameters(err: BaseException, class_name: str):
             and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)]
 
 
-def explain_build_error(err: TypeError):
-    """A :class:`ConfigError` saying which key of the config a class rejected or lacks, with
-    the nearest accepted names ("did you mean"), for the TypeError Python raises when a
-    config key is misspelt or missing; None for any other TypeError (a bug, not a config
-    mistake, which keeps its traceback)."""
+def unregistered_type_error(name: str, registry) -> 'ConfigError':
+    """The :class:`ConfigError` for a config's ``type`` ``name`` that ``registry`` (an
+    mmengine Registry) and its parents (mmdet's, mmengine's) do not have, with the nearest
+    registered name."""
     import difflib
+    names = set()
+    scope = registry
+    while scope is not None:
+        names.update(scope.module_dict)
+        scope = scope.parent
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return ConfigError(f'the config names type {name!r}, which is not in the {registry.name} '
+                       f'registry' + (f' (did you mean {close[0]!r}?)' if close else ''))
+
+
+def _failing_registry(err: BaseException):
+    """The registry whose build raised ``err``: the ``registry`` local of mmengine's
+    ``build_from_cfg`` in the traceback, or None."""
+    import traceback
+    from mmengine.registry import Registry
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
+        registry = frame.f_locals.get('registry')
+        if isinstance(registry, Registry):
+            return registry
+    return None
+
+
+def explain_build_error(err: BaseException):
+    """A :class:`ConfigError` for a config mistake that building raised: the TypeError
+    Python raises when a config key is misspelt or missing (which key, with the nearest
+    accepted names: "did you mean"), or mmengine's KeyError for a ``type`` that is in no
+    registry (with the nearest registered name). None for any other error (a bug, not a
+    config mistake, which keeps its traceback)."""
+    import difflib
+    if isinstance(err, KeyError):
+        unregistered = _UNREGISTERED.search(str(err.args[0]) if err.args else '')
+        if not unregistered:
+            return None
+        name, _, registry_name = unregistered.groups()
+        registry = _failing_registry(err)
+        if registry is not None:
+            return unregistered_type_error(name, registry)
+        return ConfigError(f'the config names type {name!r}, which is not in the '
+                           f'{registry_name} registry')
+    if not isinstance(err, TypeError):
+        return None
     message = str(err)
     unexpected, missing = _UNEXPECTED.search(message), _MISSING.search(message)
     if unexpected:
@@ -172,12 +213,13 @@ def explain_build_error(err: TypeError):
 
 @contextlib.contextmanager
 def config_errors_named():
-    """Around building a model from a config: a misspelt or missing key leaves as the
-    :class:`ConfigError` of :func:`explain_build_error` (no traceback through the
-    constructors); any other TypeError is re-raised as it is."""
+    """Around building from a config: a misspelt or missing key, or an unregistered
+    ``type``, leaves as the :class:`ConfigError` of :func:`explain_build_error` (no
+    traceback through the constructors); any other TypeError or KeyError is re-raised as
+    it is."""
     try:
         yield
-    except TypeError as err:
+    except (TypeError, KeyError) as err:
         config_error = explain_build_error(err)
         if config_error is None:
             raise

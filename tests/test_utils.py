@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ddetr.apis import build_detector, load_config
-from ddetr.utils import ConfigError, explain_build_error
+from ddetr.utils import ConfigError, explain_build_error, register_all_modules
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
@@ -61,3 +61,36 @@ def test_train_tool_stops_in_one_line_on_a_misspelt_key(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith('train.py: error: the config gives DeformableDetrTransformerEncoderLayer')
     assert "'num_head' (did you mean 'num_heads'?)" in last
+
+
+def test_an_unregistered_type_is_named_with_the_nearest_registered_one():
+    from ddetr.registry import MODELS
+    register_all_modules()
+    with pytest.raises(KeyError) as raised:
+        MODELS.build(dict(type='DeformableDETRR'))
+    error = explain_build_error(raised.value)
+    assert isinstance(error, ConfigError)
+    assert str(error) == ("the config names type 'DeformableDETRR', which is not in the model "
+                          "registry (did you mean 'DeformableDETR'?)")
+    with pytest.raises(KeyError) as raised:
+        {}['some key']
+    assert explain_build_error(raised.value) is None  # other KeyErrors keep their traceback
+
+
+@pytest.mark.parametrize('option, expected', [
+    ('optim_wrapper.optimizer.type=AdamWW', "type 'AdamWW', which is not in the optimizer "
+                                            "registry (did you mean 'AdamW'?)"),
+    ('optim_wrapper.constructor=GroupedOptimWrapperConstructr',
+     "(did you mean 'GroupedOptimWrapperConstructor'?)"),
+])
+def test_train_tool_stops_in_one_line_on_a_misspelt_type(tmp_path, option, expected):
+    """Types built lazily by the Runner's train() (optimizer, its constructor) too."""
+    proc = subprocess.run(
+        [sys.executable, 'tools/train.py', QUICKSTART, '--work-dir', str(tmp_path),
+         '--cfg-options', option],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('train.py: error: the config names type') and expected in last

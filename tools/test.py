@@ -124,13 +124,15 @@ def main(argv=None):
     from ddetr.utils import ConfigError
     try:
         runner = DdetrRunner.from_cfg(cfg)
-    except ConfigError as e:  # a misspelt or missing key of the model's config
+    except ConfigError as e:  # a misspelt or missing key or type of the config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     try:
         metrics = runner.test()
     except (ImageLoadError, UntrustedCheckpointError, CheckpointError) as e:  # a bad image or
         # checkpoint (not allow-listed, or not fitting the config's model)
         sys.exit(f'tools/test.py: stopped: {e}')
+    except ConfigError as e:  # a misspelt key or type of what test() builds (evaluator...)
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
     if is_main_process():
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
         targets = [osp.join(cfg.work_dir, 'metrics.json')] + (

@@ -119,13 +119,15 @@ def main(argv=None):
     from ddetr.utils import ConfigError
     try:
         runner = DdetrRunner.from_cfg(cfg)
-    except ConfigError as e:  # a misspelt or missing key of the model's config
+    except ConfigError as e:  # a misspelt or missing key or type of the config
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     from ddetr.engine import PreflightError
     try:
         runner.train()
     except PreflightError as e:  # a config/data mistake found before the first iteration
         sys.exit(f'{osp.basename(__file__)}: error (before training): {e}')
+    except ConfigError as e:  # a misspelt key or type of what train() builds (optimizer...)
+        sys.exit(f'{osp.basename(__file__)}: error: {e}')
     except (UntrustedCheckpointError, CheckpointError) as e:  # load_from / --resume: a file
         sys.exit(f'{osp.basename(__file__)}: stopped: {e}')  # not allow-listed or not fitting
 

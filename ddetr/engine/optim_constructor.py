@@ -29,6 +29,19 @@ class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     checkpoint still loads as ``load_from``.
     """
 
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg=None):
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        # mmengine's constructor looks the optimizer up without checking: a misspelt type
+        # would fail later as "None is not a callable object"
+        from mmengine.registry import OPTIMIZERS
+
+        from ddetr.utils import unregistered_type_error
+        optimizer_type = self.optimizer_cfg.get('type')
+        if isinstance(optimizer_type, str):
+            with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+                if registry.get(optimizer_type) is None:
+                    raise unregistered_type_error(optimizer_type, registry)
+
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module=None) -> None:
         if prefix:  # mmengine's recursion over the submodules

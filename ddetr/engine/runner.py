@@ -13,27 +13,33 @@ from .state_dict import CheckpointError, load_for_finetuning, load_for_testing, 
 
 class DdetrRunner(Runner):
     """The Runner of ``tools/train.py`` and ``tools/test.py``. Without a GPU it also makes
-    malloc keep freed memory for reuse (:mod:`ddetr.engine.cpu_memory`)."""
+    malloc keep freed memory for reuse (:mod:`ddetr.engine.cpu_memory`).
+
+    What it builds from the config (at construction, and lazily in ``train``/``test``:
+    optimizer, schedulers, dataloaders, evaluators) reports a misspelt or missing key, or a
+    ``type`` no registry has, as :class:`ddetr.utils.ConfigError` naming it (and the
+    nearest valid name) instead of a traceback through mmengine's builders."""
 
     _finetune = False  # set by train(): load_from is a starting point, not the model
 
     def __init__(self, *args, **kwargs):
+        from ddetr.utils import config_errors_named
         memory = None if torch.cuda.is_available() else keep_freed_memory()
-        super().__init__(*args, **kwargs)
+        with config_errors_named():
+            super().__init__(*args, **kwargs)
         if memory:
             self.logger.info(memory)
 
-    def build_model(self, model):
-        """mmengine's, with a misspelt or missing config key reported as
-        :class:`ddetr.utils.ConfigError` naming the key (and the nearest one the class takes)
-        instead of a traceback through the model's constructors."""
+    def train(self):
+        from ddetr.utils import config_errors_named
+        self._finetune = True
+        with config_errors_named():
+            return super().train()
+
+    def test(self):
         from ddetr.utils import config_errors_named
         with config_errors_named():
-            return super().build_model(model)
-
-    def train(self):
-        self._finetune = True
-        return super().train()
+            return super().test()
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         """mmengine's, with an optimizer state whose parameter groups do not match this
