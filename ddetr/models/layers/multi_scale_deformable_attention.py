@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ddetr.ops import ms_deform_attn
 from ddetr.registry import MODELS
-from ..utils import geometry_dtype
+from ..utils import geometry_dtype, zero_masked
 
 
 @MODELS.register_module()
@@ -152,8 +152,7 @@ class MultiScaleDeformableAttention(BaseModule):
 
         value = self.value_proj(value)
         if key_padding_mask is not None:
-            # in place: the projection's output is fresh, and its backward does not need it
-            value = value.masked_fill_(key_padding_mask[..., None], 0.0)
+            value = zero_masked(value, key_padding_mask[..., None])
         # (bs, num_keys, C) -> (bs, num_keys, M, C / M)
         value = value.view(bs, num_keys, num_heads, self.embed_dims // num_heads)
 

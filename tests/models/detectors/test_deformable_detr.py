@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddetr.models import DeformableDETR, MultiScaleDeformableAttention
+from ddetr.models.layers.max_pool import ChannelsLastMaxPool2d
 from ddetr.models.utils import inverse_sigmoid
 
 VARIANTS = ['base', 'refine', 'twostage']
@@ -182,6 +183,8 @@ def test_detector_owns_the_variant_and_ablation_settings(build_detector):
     assert model.positional_encoding.num_feats == 16
     base = build_detector('base')
     assert base.bbox_head.share_pred_layer and base.bbox_head.num_pred_layer == 2
+    # the ResNet stem's max-pool: the same pooling, channels-last forward on CPU
+    assert type(base.backbone.maxpool) is ChannelsLastMaxPool2d
     assert base.query_embedding.weight.shape == (12, 64)
     single = build_detector('base', num_feature_levels=1)
     assert len(single.neck.convs) == 1 and single.neck.convs[0].conv.in_channels == 512
