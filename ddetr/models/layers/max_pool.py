@@ -12,6 +12,7 @@ those of ``nn.MaxPool2d`` to the bit.
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 
 class _ChannelsLastMaxPool2d(torch.autograd.Function):
@@ -24,7 +25,6 @@ class _ChannelsLastMaxPool2d(torch.autograd.Function):
         out, indices = out.contiguous(), indices.contiguous()
         ctx.save_for_backward(x, indices)
         ctx.pool_args = (kernel_size, stride, padding, dilation, ceil_mode)
-        ctx.mark_non_differentiable(indices)
         return out
 
     @staticmethod
@@ -33,10 +33,6 @@ class _ChannelsLastMaxPool2d(torch.autograd.Function):
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out.contiguous(), x, *ctx.pool_args, indices)
         return grad_x, None, None, None, None, None
-
-
-def _pair(v):
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):
@@ -49,10 +45,10 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
                 or not x.is_contiguous() or torch.jit.is_tracing()
                 or torch.jit.is_scripting()):
             return super().forward(x)
-        padding = _pair(self.padding)
-        stride = _pair(self.stride if self.stride is not None else self.kernel_size)
-        return _ChannelsLastMaxPool2d.apply(x, _pair(self.kernel_size), stride, padding,
-                                            _pair(self.dilation), self.ceil_mode)
+        # nn.MaxPool2d stores stride=None as the kernel size
+        return _ChannelsLastMaxPool2d.apply(x, _pair(self.kernel_size), _pair(self.stride),
+                                            _pair(self.padding), _pair(self.dilation),
+                                            self.ceil_mode)
 
 
 def use_channels_last_max_pool(module: nn.Module) -> int:
