@@ -454,6 +454,37 @@ def test_bad_grad_output_to_raw_backward():
         torch.ops.ddetr.ms_deform_attn_backward(v, s, i, l, a, torch.zeros(2, 7, 8), 64)
 
 
+@compiled_only  # the kept blocks are the CPU kernel's
+@pytest.mark.parametrize('num_queries', [64, 16384])
+def test_large_value_gradient_reuses_a_kept_block(num_queries):
+    """Value gradients of 32 MiB or more come from blocks the backward keeps instead of
+    fresh memory; a kept block's old contents never reach the next gradient. 64 queries:
+    few rows sampled, the gradient zeroed and accumulated in place (the decoder); 16,384:
+    every element written once (the encoder)."""
+    from ddetr.ops import release_grad_cache
+    release_grad_cache()
+    # (2, 16384, 8, 32) float32: exactly 32 MiB
+    inputs = make_inputs(bs=2, shapes=((128, 128),), num_queries=num_queries, num_heads=8,
+                         head_dims=32, num_points=4, dtype=torch.float32, spread=0.0)
+    grad_out = torch.randn(2, num_queries, 256)
+    fresh = torch.ops.ddetr.ms_deform_attn_backward(*inputs, grad_out, 64)
+    expected = [g.clone() for g in fresh]
+    block = fresh[0].data_ptr()
+    fresh[0].fill_(float('nan'))  # what a reused block must not pass on
+    del fresh
+    reused = torch.ops.ddetr.ms_deform_attn_backward(*inputs, grad_out, 64)
+    assert reused[0].data_ptr() == block
+    for got, want in zip(reused, expected):
+        assert torch.equal(got, want)
+    # and the first one was right: against the fallback in float64
+    ref = grads(ms_deform_attn_pytorch,
+                [t.double() if t.is_floating_point() else t for t in inputs], grad_out.double())
+    torch.testing.assert_close(reused[0].double(), ref[1], rtol=1e-4, atol=1e-4)
+    del reused
+    assert release_grad_cache() >= 32 * 2**20
+    assert release_grad_cache() == 0
+
+
 @compiled_only  # the thread work split is the CPU kernel's
 @pytest.mark.parametrize('bs,num_heads', [(1, 2), (2, 8)])
 def test_thread_count_and_work_split_do_not_change_results(bs, num_heads):

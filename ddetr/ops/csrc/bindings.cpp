@@ -22,6 +22,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ddetr's compiled ops (registered as torch.ops.ddetr.*)";
   m.def("cpu_isa", &ddetr::cpu_isa, "Instruction set the CPU kernel uses");
   m.def("set_cpu_isa", &ddetr::set_cpu_isa, "Force the CPU kernel's instruction set");
+  m.def("release_grad_cache", &ddetr::release_grad_cache,
+        "Free the value-gradient blocks the CPU backward keeps; returns their bytes");
   m.def("with_cuda", [] {
 #ifdef DDETR_WITH_CUDA
     return true;

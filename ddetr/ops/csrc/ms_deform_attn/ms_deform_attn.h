@@ -52,6 +52,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
     const at::Tensor& grad_output, int64_t im2col_step);
 
+// Frees the value-gradient blocks of 32 MiB or more that the CPU backward keeps for its
+// next calls (at most two); returns their bytes.
+int64_t release_grad_cache();
+
 // Which vector instruction set the CPU kernel uses ("avx512", "avx2" or "generic").
 std::string cpu_isa();
 // Forces one (for tests and benchmarks); raises ValueError when this CPU lacks it.

@@ -14,6 +14,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <utility>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -252,6 +254,98 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in,
   return output;
 }
 
+namespace {
+
+// Large value gradients (the decoder's at the paper's image size: 45 MB for 2 images) come
+// from this cache of freed blocks instead of fresh memory. glibc maps a block of 32 MiB or
+// more afresh (unless a free chunk of the heap happens to fit it) and unmaps it when it is
+// freed, also with ddetr.engine.cpu_memory's setting (glibc's mmap threshold goes no
+// higher); every backward then page-faults each 4 KiB page of the gradient again: 11,000
+// faults, several times the kernel's own work at the decoder's few queries (README,
+// "Results"). Zeroing a kept block is one pass over memory that is already mapped. At most
+// kMaxBlocks freed blocks are kept (a training step frees one layer's value gradient before
+// the next layer's backward needs one); release_grad_cache() frees them.
+class GradBlockCache {
+ public:
+  static constexpr size_t kMinBytes = size_t{32} << 20;
+  static constexpr size_t kMaxBlocks = 2;
+  static constexpr size_t kAlign = 64;
+
+  static GradBlockCache& instance() {
+    static auto* cache = new GradBlockCache();  // never destroyed: deleters may run at exit
+    return *cache;
+  }
+
+  // An uninitialized block of at least nbytes (a kept one at most twice as large) and its size.
+  std::pair<void*, size_t> take(size_t nbytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+        if (it->second >= nbytes && it->second <= 2 * nbytes) {
+          const auto block = *it;
+          blocks_.erase(it);
+          return block;
+        }
+      }
+    }
+    const size_t size = (nbytes + kAlign - 1) / kAlign * kAlign;
+    void* data = std::aligned_alloc(kAlign, size);
+    TORCH_CHECK(data != nullptr, "ms_deform_attn backward: out of memory allocating ", size,
+                " bytes for the value gradient");
+    return {data, size};
+  }
+
+  // Keeps a freed block, freeing the oldest kept one when kMaxBlocks are kept.
+  void give(void* data, size_t size) {
+    void* evicted = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (blocks_.size() == kMaxBlocks) {
+        evicted = blocks_.front().first;
+        blocks_.erase(blocks_.begin());
+      }
+      blocks_.emplace_back(data, size);
+    }
+    std::free(evicted);
+  }
+
+  int64_t release() {
+    std::vector<std::pair<void*, size_t>> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(blocks_);
+    }
+    int64_t freed = 0;
+    for (const auto& [data, size] : blocks) {
+      std::free(data);
+      freed += static_cast<int64_t>(size);
+    }
+    return freed;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<void*, size_t>> blocks_;  // oldest first
+};
+
+// A contiguous tensor shaped like `value` for its gradient, zeroed or not.
+at::Tensor value_grad_buffer(const at::Tensor& value, bool zeroed) {
+  const size_t nbytes = static_cast<size_t>(value.numel()) * value.element_size();
+  if (nbytes < GradBlockCache::kMinBytes) {
+    return zeroed ? at::zeros_like(value, at::MemoryFormat::Contiguous)
+                  : at::empty_like(value, at::MemoryFormat::Contiguous);
+  }
+  const auto [data, size] = GradBlockCache::instance().take(nbytes);
+  auto grad = at::from_blob(
+      data, value.sizes(), [size = size](void* ptr) { GradBlockCache::instance().give(ptr, size); },
+      value.options());
+  return zeroed ? grad.zero_() : grad;
+}
+
+}  // namespace
+
+int64_t release_grad_cache() { return GradBlockCache::instance().release(); }
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& value_in, const at::Tensor& spatial_shapes_in,
     const at::Tensor& level_start_index_in, const at::Tensor& sampling_locations_in,
@@ -284,8 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
                                   : wide_type          ? cpu::HeadGrad::kInPlace
                                                        : cpu::HeadGrad::kScratchSampledRows;
   const bool needs_zeros = by_head ? head_grad != cpu::HeadGrad::kScratch : wide_type;
-  auto grad_value = empty || needs_zeros ? at::zeros_like(value, at::MemoryFormat::Contiguous)
-                                         : at::empty_like(value, at::MemoryFormat::Contiguous);
+  auto grad_value = value_grad_buffer(value, /*zeroed=*/empty || needs_zeros);
   auto grad_sampling_locations = at::empty_like(sampling_locations);
   auto grad_attention_weights = at::empty_like(attention_weights);
   if (empty) {
