@@ -15,9 +15,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <utility>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ms_deform_attn.h"
