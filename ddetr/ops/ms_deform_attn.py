@@ -37,6 +37,8 @@ else:
     _IMPORT_ERROR = None
 
 HAS_COMPILED_OP = _C is not None and hasattr(torch.ops.ddetr, 'ms_deform_attn')
+# Read once: torch.compile cannot trace a call into the extension (fullgraph=True fails).
+_WITH_CUDA = HAS_COMPILED_OP and _C.with_cuda()
 
 __all__ = ['ms_deform_attn', 'ms_deform_attn_pytorch', 'backend_info', 'HAS_COMPILED_OP',
            'msda_backend', 'check_level_shapes', 'level_shapes', 'level_starts', 'BACKENDS',
@@ -89,7 +91,7 @@ def backend_info() -> str:
     if not HAS_COMPILED_OP:
         return (f'active backend: {active}; pure-PyTorch fallback only (ddetr._C not '
                 f'importable: {_IMPORT_ERROR})')
-    devices = f'CPU ({_C.cpu_isa()})' + (' and CUDA' if _C.with_cuda() else '')
+    devices = f'CPU ({_C.cpu_isa()})' + (' and CUDA' if _WITH_CUDA else '')
     return f'active backend: {active}; compiled op ddetr._C for {devices}'
 
 
@@ -106,7 +108,7 @@ def _has_kernel(device: torch.device) -> bool:
         return False
     if device.type == 'cpu':
         return True
-    return device.type == 'cuda' and _C.with_cuda()
+    return device.type == 'cuda' and _WITH_CUDA
 
 
 def _warn_fallback(device: torch.device) -> None:

@@ -32,7 +32,8 @@ def make_inputs(bs=2, shapes=((6, 5), (3, 3), (2, 1)), num_queries=7, num_heads=
 def run(inputs, device, dtype, grad_out, im2col_step=64):
     """Output and the three gradients, returned as float64 on the CPU."""
     value, shapes, starts, loc, attn = inputs
-    leaves = [t.to(device, dtype).requires_grad_(True) for t in (value, loc, attn)]
+    # detach: .to() of a tensor that already requires grad would give a non-leaf (no .grad)
+    leaves = [t.detach().to(device, dtype).requires_grad_(True) for t in (value, loc, attn)]
     with msda_backend('compiled'):
         out = ms_deform_attn(leaves[0], shapes.to(device), starts.to(device), leaves[1],
                              leaves[2], im2col_step=im2col_step)
@@ -96,7 +97,13 @@ def test_value_over_2_pow_31_elements_uses_64_bit_indexing():
                        dtype=torch.float16).view(1, 2, 1, 1, 1, 2)
     attn = torch.ones(1, 2, 1, 1, 1, dtype=torch.float16, device='cuda')
     out = ms_deform_attn(value, shapes, starts, loc, attn)
-    assert torch.equal(out[0, 0].float().cpu(), torch.ones(head_dims))
+    # float16 cannot hold (width - 0.5) / width (it rounds to 1.0, half a pixel to the right):
+    # the bilinear weight of the last pixel at the rounded location, 0.5 here, is what must
+    # come out; reading any key before element 2^31 would give 0.
+    x = loc[0, 0, 0, 0, 0, 0].double().item() * width - 0.5
+    weight = max(0.0, 1.0 - abs(x - (width - 1)))
+    assert weight > 0
+    assert torch.equal(out[0, 0].float().cpu(), torch.full((head_dims,), weight))
     assert torch.equal(out[0, 1].float().cpu(), torch.zeros(head_dims))
 
 

@@ -49,3 +49,28 @@ def test_summary_command(tmp_path):
     bench.write_text(BENCH_OK)
     assert check_gpu.main(['summary', '--build-rc', '0', '--arch', '9.0', str(tests),
                            str(bench)]) == 0
+
+
+def test_memcheck_result_reads_the_error_summary():
+    clean = 'workload: 6 forward+backward calls done\n========= ERROR SUMMARY: 0 errors\n'
+    dirty = '========= Invalid __global__ read of size 4 bytes\n========= ERROR SUMMARY: 2 errors\n'
+    assert check_gpu.memcheck_result(None, '') == ('not run (no compute-sanitizer)', True)
+    assert check_gpu.memcheck_result(0, clean) == ('ok (0 errors)', True)
+    assert check_gpu.memcheck_result(3, dirty) == ('2 errors (see memcheck.log)', False)
+    # killed by the timeout, or the workload itself failed: no clean summary, not ok
+    assert not check_gpu.memcheck_result(124, 'workload: 6')[1]
+    assert not check_gpu.memcheck_result(0, '========= ERROR SUMMARY: 0 errors\n')[1]
+    text, ok = check_gpu.summary(0, TESTS_OK, BENCH_OK, '9.0', 3, dirty)
+    assert not ok and 'memcheck:  2 errors' in text
+
+
+def test_memcheck_workload_runs_the_op_on_the_cpu():
+    # The same calls compute-sanitizer watches on a GPU, through the C++ kernel here.
+    assert check_gpu.memcheck_workload('cpu') == 6
+
+
+def test_edge_locations_reach_past_both_borders():
+    import torch
+    x = check_gpu.edge_locations(7, torch.Generator().manual_seed(0))
+    assert x.numel() == 32 and (x < 0).any() and (x > 1).any()
+    assert {0.0, 1.0} <= set(x.tolist())

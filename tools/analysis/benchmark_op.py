@@ -303,11 +303,13 @@ def main():
     print('\n| workload | ratio fallback / ddetr | forward | fwd+bwd | peak memory (ddetr/fallback) |')
     print('|---|---|---:|---:|---:|')
     failed = []
+    # The speed targets are the 2-core CPU's; on a GPU the ratios are reported as they are.
+    targets = TARGETS if args.device == 'cpu' else {}
     for workload, rows in results.items():
         cells = []
         for metric in ('forward', 'forward+backward'):
             ratio = rows[base][metric] / rows[ours][metric]
-            target = TARGETS.get((workload, metric))
+            target = targets.get((workload, metric))
             mark = '' if target is None else (f' (>= {target:g}x ok)' if ratio >= target
                                                else f' (< {target:g}x MISSED)')
             if target is not None and ratio < target:

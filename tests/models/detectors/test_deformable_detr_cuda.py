@@ -6,8 +6,18 @@ import torch
 SHAPES = [((96, 80), [[10, 12, 50, 70]], [1]), ((64, 112), [[20, 10, 100, 60]], [4])]
 
 
+@pytest.fixture
+def no_tf32():
+    """Full float32 convolutions and matmuls on the GPU (cuDNN defaults to TF32 on Ampere and
+    later, a 10-bit mantissa): the comparison is of kernels, not of precision settings."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize('variant', ['base', 'refine', 'twostage'])
-def test_cuda_forward_equals_cpu_forward(variant, build_detector, batch_of):
+def test_cuda_forward_equals_cpu_forward(variant, build_detector, batch_of, no_tf32):
     if not torch.cuda.is_available():
         pytest.skip('needs a CUDA GPU')
     torch.manual_seed(0)
