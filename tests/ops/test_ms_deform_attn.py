@@ -393,6 +393,21 @@ def test_torch_compile_fullgraph_forward_and_backward(backend):
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_kernel_choice_for_cuda_traces_without_a_graph_break():
+    # On a GPU the op asks whether ddetr._C has a CUDA kernel while torch.compile traces it;
+    # a call into the extension there broke fullgraph=True (seen on an H200). The same
+    # question, traced here for a CUDA device on any machine:
+    module = sys.modules['ddetr.ops.ms_deform_attn']
+    torch._dynamo.reset()
+
+    def fn(x):
+        return x + 1 if module._has_kernel(torch.device('cuda')) else x - 1
+
+    expected = fn(torch.ones(2))
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend='eager')(
+        torch.ones(2)), expected)
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: every case raises ValueError/TypeError naming the argument, through the Python
 # API and through the raw op (the C++ checks), and never crashes the process.
