@@ -68,9 +68,8 @@ def memcheck_workload(device: str = 'cuda') -> int:
                                 dtype=torch.float64)
             leaves = [t.to(device, dtype).requires_grad_(True) for t in (value, loc, attn)]
             with msda_backend('compiled'):
-                # im2col_step 1: the batch goes through in two launches
                 out = ms_deform_attn(leaves[0], shapes.to(device), starts.to(device), leaves[1],
-                                     leaves[2], im2col_step=1)
+                                     leaves[2])
             out.backward(torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out))
             calls += 1
     if device == 'cuda':
