@@ -123,15 +123,19 @@ def main(argv=None) -> int:
     s.add_argument('tests_log')
     s.add_argument('bench_log')
     args = parser.parse_args(argv)
+    no_gpu = ('check_gpu: no CUDA GPU visible (torch.cuda.is_available() is False); '
+              'nothing to check')
     if args.cmd == 'arch':
         arch = cuda_arch()
         if arch is None:
-            print('check_gpu: no CUDA GPU visible (torch.cuda.is_available() is False); '
-                  'nothing to check', file=sys.stderr)
+            print(no_gpu, file=sys.stderr)
             return 2
         print(arch)
         return 0
     if args.cmd == 'workload':
+        if args.device == 'cuda' and cuda_arch() is None:
+            print(no_gpu + ' (workload --device cpu runs it on the CPU)', file=sys.stderr)
+            return 2
         print(f'workload: {memcheck_workload(args.device)} forward+backward calls done')
         return 0
     read = lambda path: open(path, errors='replace').read()  # noqa: E731

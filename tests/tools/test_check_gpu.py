@@ -74,3 +74,12 @@ def test_edge_locations_reach_past_both_borders():
     x = check_gpu.edge_locations(7, torch.Generator().manual_seed(0))
     assert x.numel() == 32 and (x < 0).any() and (x > 1).any()
     assert {0.0, 1.0} <= set(x.tolist())
+
+
+def test_workload_command_exits_2_without_a_gpu():
+    import torch
+    if torch.cuda.is_available():
+        return
+    result = subprocess.run([sys.executable, _path, 'workload'], capture_output=True, text=True)
+    assert result.returncode == 2 and 'no CUDA GPU' in result.stderr
+    assert 'Traceback' not in result.stderr
