@@ -364,6 +364,7 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
     assert benchmark_model.main([str(config), '--shape', '64', '96', '--iters', '1',
                                  '--threads', '1', '--json', str(result_file)]) == 0
     out = capsys.readouterr().out
+    assert re.search(r'^CPU: .+, \d+ logical cores, bfloat16 hardware: \S', out, re.M)
     table = [line for line in out.splitlines() if line.startswith('| ')]
     assert [row.split('|')[1].strip() for row in table[1:]] == [
         'ddetr (compiled op)', 'mmdet 3.3 (mmcv grid_sample fallback)', 'ratio mmdet / ddetr']
@@ -440,6 +441,7 @@ def test_profile_step_tables_a_training_step(tmp_path, capsys):
     assert profile_step.main([config, '--steps', '2', '--warmup', '1', '--rows', '5',
                               '--trace', str(trace)]) == 0
     out = capsys.readouterr().out
+    assert re.search(r'^CPU: .+, \d+ logical cores, bfloat16 hardware: \S', out, re.M)
     assert re.search(r'tiny\.py: \d+\.\d ms a training step \(2 steps, batch 2, ', out)
     rows = [line.strip('|').split('|') for line in out.splitlines()
             if line.startswith('| ') and not line.startswith('| op ')]

@@ -249,9 +249,11 @@ def format_report(results: dict) -> str:
 
 
 def run(args, log=print) -> dict:
+    from ddetr.engine.cpu_info import cpu_description
     from ddetr.engine.cpu_memory import keep_freed_memory
     from ddetr.ops import backend_info
     torch.set_num_threads(args.threads)
+    log(cpu_description())
     # as in tools/train.py and tools/test.py (DdetrRunner), for both models
     log(keep_freed_memory())
     height, width = args.shape

@@ -252,8 +252,10 @@ def main():
         parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
                      'is False); run on a GPU machine or use --device cpu')
     torch.set_num_threads(args.threads)
+    from ddetr.engine.cpu_info import cpu_description
     from ddetr.engine.cpu_memory import keep_freed_memory
     from ddetr.ops import backend_info
+    print(cpu_description())
     print(keep_freed_memory() + ' (both implementations; not in the memory workers)')
     print(f'ms_deform_attn benchmark: {backend_info()}; torch {torch.__version__}, '
           f'{args.threads} threads, float32, median of >= {args.repeat} runs (more for '
