@@ -11,6 +11,8 @@ import os
 import platform
 from typing import Dict, Optional
 
+from .optim_wrapper import cpu_has_fast_bfloat16
+
 CPUINFO = '/proc/cpuinfo'
 
 
@@ -34,18 +36,17 @@ def read_cpuinfo(path: str = CPUINFO) -> Optional[Dict[str, str]]:
     return fields
 
 
-def bfloat16_hardware(flags) -> str:
-    """How this CPU multiplies bfloat16, from its flags: 'AMX', 'AVX-512 BF16', 'AVX-512'
-    (oneDNN converts to float32 in vector registers) or 'none' (emulated, many times slower:
-    ``CPUAmpOptimWrapper`` trains in float32 there)."""
+def bfloat16_hardware(flags, fast_bfloat16: bool) -> str:
+    """How this CPU multiplies bfloat16: 'AMX' or 'AVX-512 BF16' from its flags, else
+    'AVX-512' (oneDNN converts to float32 in vector registers) or 'none' (emulated, many
+    times slower), as ``fast_bfloat16`` (:func:`cpu_has_fast_bfloat16`, the test
+    ``CPUAmpOptimWrapper`` uses to train in float32 there) says."""
     flags = set(flags)
     if 'amx_bf16' in flags and 'amx_tile' in flags:
         return 'AMX'
     if 'avx512_bf16' in flags:
         return 'AVX-512 BF16'
-    if {'avx512bw', 'avx512vl', 'avx512dq'} <= flags:
-        return 'AVX-512'
-    return 'none'
+    return 'AVX-512' if fast_bfloat16 else 'none'
 
 
 def cpu_description(cpuinfo: Optional[Dict[str, str]] = None) -> str:
@@ -54,7 +55,7 @@ def cpu_description(cpuinfo: Optional[Dict[str, str]] = None) -> str:
     'unknown'."""
     info = read_cpuinfo() if cpuinfo is None else cpuinfo
     name = (info or {}).get('model name') or platform.processor() or platform.machine()
-    hardware = bfloat16_hardware(info['flags'].split()) if info and 'flags' in info \
-        else 'unknown'
+    hardware = (bfloat16_hardware(info['flags'].split(), cpu_has_fast_bfloat16())
+                if info and 'flags' in info else 'unknown')
     return (f'CPU: {name or "unknown"}, {os.cpu_count()} logical cores, '
             f'bfloat16 hardware: {hardware}')

@@ -28,11 +28,23 @@ def test_missing_cpuinfo_is_none(tmp_path):
 
 def test_bfloat16_hardware_kinds():
     avx512 = ['avx512f', 'avx512bw', 'avx512vl', 'avx512dq']
-    assert bfloat16_hardware(avx512 + ['avx512_bf16', 'amx_bf16', 'amx_tile']) == 'AMX'
-    assert bfloat16_hardware(avx512 + ['avx512_bf16']) == 'AVX-512 BF16'
-    assert bfloat16_hardware(avx512) == 'AVX-512'
-    assert bfloat16_hardware(['avx2', 'fma']) == 'none'
-    assert bfloat16_hardware(['avx2', 'amx_bf16']) == 'none'  # no tiles: AMX cannot run
+    assert bfloat16_hardware(avx512 + ['avx512_bf16', 'amx_bf16', 'amx_tile'], True) == 'AMX'
+    assert bfloat16_hardware(avx512 + ['avx512_bf16'], True) == 'AVX-512 BF16'
+    assert bfloat16_hardware(avx512, True) == 'AVX-512'
+    assert bfloat16_hardware(['avx2', 'fma'], False) == 'none'
+    # no tiles: AMX cannot run
+    assert bfloat16_hardware(['avx2', 'amx_bf16'], False) == 'none'
+
+
+def test_without_bf16_flags_the_amp_wrappers_test_decides(monkeypatch, tmp_path):
+    """'AVX-512' or 'none' is what CPUAmpOptimWrapper's cpu_has_fast_bfloat16 says, so the
+    line agrees with whether training autocasts."""
+    from ddetr.engine import cpu_info
+    path = tmp_path / 'cpuinfo'
+    path.write_text('model name\t: Some CPU\nflags\t\t: fpu avx2\n')
+    for fast, expected in ((True, 'AVX-512'), (False, 'none')):
+        monkeypatch.setattr(cpu_info, 'cpu_has_fast_bfloat16', lambda fast=fast: fast)
+        assert cpu_description(read_cpuinfo(str(path))).endswith(f'hardware: {expected}')
 
 
 def test_description_names_model_cores_and_hardware(tmp_path):

@@ -69,6 +69,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from ddetr.engine.cpu_info import cpu_description
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work_dir:
@@ -95,7 +97,6 @@ def main(argv=None):
             run(timed)
     events = prof.key_averages()
     total_us = sum(e.self_cpu_time_total for e in events)
-    from ddetr.engine.cpu_info import cpu_description
     print(cpu_description())
     print(f'{osp.relpath(args.config, ROOT) if args.config.startswith(ROOT) else args.config}: '
           f'{step_s * 1e3:.1f} ms a training step ({args.steps} steps, batch '
