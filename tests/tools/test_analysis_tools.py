@@ -388,6 +388,15 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
     assert 'does not exist' in capsys.readouterr().err
 
 
+def test_benchmark_model_names_a_misspelt_config_key(capsys):
+    """A typo in --cfg-options stops before any timing with the key and its likely fix,
+    not with a traceback through the constructors."""
+    assert benchmark_model.main(['--cfg-options', 'model.encoder.num_layerz=2',
+                                 '--no-memory']) == 1
+    err = capsys.readouterr().err
+    assert "'num_layerz'" in err and "did you mean 'num_layers'" in err
+
+
 # ------------------------------------------------------------- amp_geometry_error
 def test_amp_geometry_error_reports_float32_locations_per_level():
     """The quick-start model under CPU bfloat16 autocast: the op gets float32 locations

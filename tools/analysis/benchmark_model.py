@@ -85,9 +85,11 @@ def parse_args(argv=None):
 def build_models(args):
     """(ddetr model, mmdet model) with the same weights, from the config."""
     from ddetr.apis import load_config
+    from ddetr.utils import config_errors_named
     from mmdet_equivalent import build_equivalent_pair
     cfg = load_config(args.config, args.cfg_options)
-    return build_equivalent_pair(cfg.model, seed=0)
+    with config_errors_named():  # a misspelt key: a ConfigError naming it, not a traceback
+        return build_equivalent_pair(cfg.model, seed=0)
 
 
 def make_batch(shape, batch_size, seed=0):
