@@ -185,6 +185,46 @@ def test_non_finite_locations_read_zeros_and_never_crash(isa):
     assert torch.equal(value.grad, torch.zeros_like(value))
 
 
+@compiled_only
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_vector_kernels_read_zeros_off_the_map_even_next_to_infinite_values(isa, dtype):
+    """The vector kernels (head_dims 32) give a corner off the map weight 0 and a row of
+    zeros, never a neighbouring row (0 * inf would be NaN). 4 levels x 5 points = 20 points
+    a head: a full and a partial group of 16."""
+    value, shapes, starts, loc, attn = make_inputs(bs=2, shapes=((6, 5), (3, 3), (2, 1), (4, 4)),
+                                                   num_queries=5, num_heads=2, head_dims=32,
+                                                   num_points=5, dtype=dtype)
+    gen = torch.Generator().manual_seed(2)
+    # Points with no corner on their map, value infinite everywhere: exactly 0, gradients 0.
+    off = torch.tensor([-1e9, -0.6, 1.6, 1e9, float('nan'), float('inf'), -float('inf')])
+    far = off[torch.randint(0, len(off), loc.shape, generator=gen)].to(dtype)
+    far[..., 0] = torch.where(torch.rand(far.shape[:-1], generator=gen) < 0.3, 0.5, far[..., 0])
+    leaves = [t.clone().requires_grad_(True) for t in (torch.full_like(value, float('inf')), far, attn)]
+    out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
+    assert torch.equal(out, torch.zeros_like(out))
+    out.backward(torch.ones_like(out))
+    for t in leaves:
+        assert torch.equal(t.grad, torch.zeros_like(t)), t.shape
+    # Points in the top-left cell of their map, only pixel (0, 0) on it, every other row
+    # infinite: the same results as with those rows at 0.
+    pixel = -0.9 + torch.rand(loc.shape, generator=gen) * 0.8  # (x, y) - 0.5 in (-0.9, -0.1)
+    corner = ((pixel + 0.5) / shapes.flip(-1).view(1, 1, 1, -1, 1, 2)).to(dtype)
+    finite = value.abs() + 1
+    rows0 = torch.zeros(value.shape[1], dtype=torch.bool)
+    rows0[starts] = True
+    with_inf = torch.where(rows0[None, :, None, None], finite, float('inf')).to(dtype)
+    with_zero = torch.where(rows0[None, :, None, None], finite, 0.0).to(dtype)
+    results = []
+    for v in (with_inf, with_zero):
+        leaves = [t.clone().requires_grad_(True) for t in (v, corner, attn)]
+        out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
+        out.backward(torch.ones_like(out))
+        results.append([out, leaves[1].grad, leaves[2].grad])
+    assert torch.isfinite(results[0][0]).all() and results[0][0].abs().sum() > 0
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_zero_queries_and_empty_batch(isa):
     for bs, num_queries in [(2, 0), (0, 5)]:
         value, shapes, starts, loc, attn = make_inputs(bs=bs, num_queries=num_queries)

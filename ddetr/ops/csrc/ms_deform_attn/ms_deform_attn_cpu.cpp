@@ -1,6 +1,12 @@
 // CPU implementation of ddetr::ms_deform_attn: argument checks, allocation, dtype and
 // head_dims dispatch, and run-time choice of the instruction set. The kernels themselves
 // are in ms_deform_attn_cpu_kernel.h, the per-point math in ms_deform_attn_math.h.
+#if defined(__GNUC__) && !defined(__clang__)
+// The vector kernels pass 64-byte vectors between inline functions (and to the math
+// header's formulas, always inlined); GCC's note that such a signature's ABI differs
+// between instruction sets does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #include <ATen/ATen.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // F16C / AVX-512 half conversions in the vector kernels
@@ -14,6 +20,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -69,11 +77,6 @@ inline bool dense_reads(const MsdaSizes& s) {
 // One copy of the kernels per instruction set (see the top of ms_deform_attn_cpu_kernel.h).
 // Everything above is included before the target pragmas, so no header code is compiled
 // for a wider instruction set than the machine may have.
-#if defined(__GNUC__) && !defined(__clang__)
-// The vector kernels pass 64-byte vectors between inline functions of one instruction set;
-// GCC's note that such a signature's ABI differs between instruction sets does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define DDETR_X86_MULTI_ISA 1
 #pragma GCC push_options

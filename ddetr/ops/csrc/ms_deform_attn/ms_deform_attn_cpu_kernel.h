@@ -15,7 +15,9 @@
 // attention weight is folded into the four bilinear weights. With head_dims 32 and float
 // accumulation (float32, bfloat16, float16), the vector kernels keep the head's channels
 // in registers and prefetch each chunk of points' rows before the arithmetic; other sizes
-// (and float64) run a channel loop the compiler vectorizes.
+// (and float64) run a channel loop the compiler vectorizes. The AVX-512 copy computes the
+// points' geometry and their location/attention gradients 16 points at a time, in vector
+// lanes, with the math header's formulas (LevelLanes and below).
 
 namespace ddetr {
 namespace cpu {
@@ -274,6 +276,327 @@ inline void forward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, i
   for (int j = 0; j < kVecs; ++j) store16(out + 16 * j, acc[j]);
 }
 
+// The AVX-512 kernels take heads of at most this many groups of 16 sampling points (the
+// paper's models have one: 4 levels x 4 points).
+constexpr int64_t kMaxLaneGroups = 4;
+
+// Per lane of each group of 16 points (point n = level * num_points + point), its level's
+// size and first key, and whether the lane holds a point of a level in bounds.
+struct LevelLanes {
+  std::vector<float> height_f, width_f;
+  std::vector<int32_t> height, width, start;
+  std::vector<uint16_t> lanes;  // one mask per group
+  bool usable = false;
+
+  template <typename scalar_t>
+  explicit LevelLanes(const MsdaCpuArgs<scalar_t>& a, int64_t head_dims) {
+    const MsdaSizes& s = a.sizes;
+    const int64_t n = s.num_levels * s.num_points;
+    const int64_t groups = (n + 15) / 16;
+    // key * (num_heads * head_dims) * sizeof(scalar_t) must fit in an int32 lane
+    const int64_t row_bytes = s.num_heads * head_dims * static_cast<int64_t>(sizeof(scalar_t));
+    if (n == 0 || groups > kMaxLaneGroups || row_bytes == 0 ||
+        s.num_keys >= std::numeric_limits<int32_t>::max() / row_bytes) {
+      return;
+    }
+    height_f.assign(groups * 16, 1.f);
+    width_f.assign(groups * 16, 1.f);
+    height.assign(groups * 16, 1);
+    width.assign(groups * 16, 1);
+    start.assign(groups * 16, 0);
+    lanes.assign(groups, 0);
+    for (int64_t l = 0; l < s.num_levels; ++l) {
+      const int64_t h = a.spatial_shapes[2 * l], w = a.spatial_shapes[2 * l + 1];
+      const int64_t first = a.level_start_index[l];
+      if (!msda::level_in_bounds(first, h, w, s.num_keys)) continue;  // its lanes stay off
+      for (int64_t p = 0; p < s.num_points; ++p) {
+        const int64_t i = l * s.num_points + p;
+        height_f[i] = static_cast<float>(h);
+        width_f[i] = static_cast<float>(w);
+        height[i] = static_cast<int32_t>(h);  // in bounds: h * w <= num_keys < 2^31
+        width[i] = static_cast<int32_t>(w);
+        start[i] = static_cast<int32_t>(first);
+        lanes[i / 16] |= static_cast<uint16_t>(1u << (i % 16));
+      }
+    }
+    usable = true;
+  }
+};
+
+#if DDETR_ISA_LEVEL >= 2
+// The forward with each group of 16 of a head's sampling points computed in the 16 lanes
+// of AVX-512 registers: their coordinates, four bilinear weights (times the attention
+// weight) and four value-row addresses at once, the same formulas as
+// msda::bilinear_point in vector form. The per-point bookkeeping is what bounds the scalar
+// version (ms_deform_attn_math.h's branches and int64 arithmetic, a hundred instructions a
+// point); here it is about two instructions a point. The channel arithmetic is
+// forward_query_head_vec's. Used when every key offset fits in 32 bits (LevelLanes::usable).
+
+// 16 values of scalar_t as float lanes; lanes from `count` on read nothing and are 0.
+template <typename scalar_t>
+inline __m512 load_lanes(const scalar_t* p, int count) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return _mm512_maskz_loadu_ps(mask, p);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
+    return _mm512_castsi512_ps(
+        _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bits), 16));
+  } else {
+    static_assert(std::is_same_v<scalar_t, c10::Half>);
+    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(mask, p));
+  }
+}
+
+// The taps of a head's sampling points, group by group of 16: for each corner, the
+// weight (attention times bilinear; 0 off the map) and the value row (a row of zeros off
+// the map).
+template <typename scalar_t>
+struct GroupTaps {
+  alignas(64) float weights[4][16];
+  alignas(64) const scalar_t* rows[4][16];
+};
+
+template <int kHeadDims, typename scalar_t>
+inline const scalar_t* zero_row() {
+  static const scalar_t kZeroRow[kHeadDims] = {};
+  return kZeroRow;
+}
+
+// msda::bilinear_point for 16 points at once (lanes from `count` on, and points of a level
+// out of bounds, are off): the four corners' keys relative to the head's first key, whether
+// each is on the map, and their bilinear weights.
+struct LaneGeometry {
+  __mmask16 on;  // points with a corner on their map
+  __mmask16 corner_on[4];
+  __m512i corner_key[4];
+  __m512 frac_h, frac_w;
+  __m512 weight[4];
+  __m512 height_f, width_f;
+};
+
+template <typename scalar_t>
+inline LaneGeometry lane_geometry(const LevelLanes& lv, const scalar_t* loc, int64_t g, int count) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 minus_one = _mm512_set1_ps(-1.f);
+  const __m512i ones = _mm512_set1_epi32(1), zeros = _mm512_setzero_si512();
+  LaneGeometry geo;
+  const __m512 loc_lo = load_lanes(loc + 2 * g, std::min(count * 2, 16));
+  const __m512 loc_hi = load_lanes(loc + 2 * g + 16, std::max(count * 2 - 16, 0));
+  const __m512 x = _mm512_permutex2var_ps(loc_lo, even, loc_hi);
+  const __m512 y = _mm512_permutex2var_ps(loc_lo, odd, loc_hi);
+  geo.height_f = _mm512_loadu_ps(lv.height_f.data() + g);
+  geo.width_f = _mm512_loadu_ps(lv.width_f.data() + g);
+  const __m512i height = _mm512_loadu_si512(lv.height.data() + g);
+  const __m512i width = _mm512_loadu_si512(lv.width.data() + g);
+  const __m512i start = _mm512_loadu_si512(lv.start.data() + g);
+  // pixel coordinates; a point with no corner on its map (or NaN) is off
+  const __m512 h = msda::pixel_coordinate(y, geo.height_f);
+  const __m512 w = msda::pixel_coordinate(x, geo.width_f);
+  geo.on = lv.lanes[g / 16] & static_cast<__mmask16>((1u << count) - 1u);
+  geo.on &= _mm512_cmp_ps_mask(h, minus_one, _CMP_GT_OQ) & _mm512_cmp_ps_mask(w, minus_one, _CMP_GT_OQ) &
+            _mm512_cmp_ps_mask(h, geo.height_f, _CMP_LT_OQ) & _mm512_cmp_ps_mask(w, geo.width_f, _CMP_LT_OQ);
+  const __m512 h_floor = _mm512_maskz_roundscale_ps(0xFFFF, h, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 w_floor = _mm512_maskz_roundscale_ps(0xFFFF, w, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  geo.frac_h = h - h_floor;
+  geo.frac_w = w - w_floor;
+  // off lanes may hold any integer here; they are masked below
+  const __m512i h_low = _mm512_maskz_cvttps_epi32(0xFFFF, h_floor), w_low = _mm512_maskz_cvttps_epi32(0xFFFF, w_floor);
+  const __mmask16 top = geo.on & _mm512_cmpge_epi32_mask(h_low, zeros);
+  const __mmask16 bottom = geo.on & _mm512_cmplt_epi32_mask(_mm512_add_epi32(h_low, ones), height);
+  const __mmask16 left = _mm512_cmpge_epi32_mask(w_low, zeros);
+  const __mmask16 right = _mm512_cmplt_epi32_mask(_mm512_add_epi32(w_low, ones), width);
+  const __m512i key = _mm512_add_epi32(start, _mm512_add_epi32(_mm512_mullo_epi32(h_low, width), w_low));
+  geo.corner_on[0] = top & left;
+  geo.corner_on[1] = top & right;
+  geo.corner_on[2] = bottom & left;
+  geo.corner_on[3] = bottom & right;
+  geo.corner_key[0] = key;
+  geo.corner_key[1] = _mm512_add_epi32(key, ones);
+  geo.corner_key[2] = _mm512_add_epi32(key, width);
+  geo.corner_key[3] = _mm512_add_epi32(geo.corner_key[2], ones);
+  msda::bilinear_weights(geo.frac_h, geo.frac_w, geo.weight);
+  return geo;
+}
+
+// Fills taps[0 .. groups) for query bq and head m and prefetches their rows.
+template <typename scalar_t, int kHeadDims>
+inline void point_taps(const MsdaCpuArgs<scalar_t>& a, const LevelLanes& lv, int64_t bq,
+                       int64_t m, GroupTaps<scalar_t>* taps) {
+  const MsdaSizes& s = a.sizes;
+  const int64_t key_stride = s.num_heads * kHeadDims;
+  const scalar_t* value_bm = a.value + (bq / s.num_queries) * s.num_keys * key_stride +
+                             m * kHeadDims;
+  const int64_t n = s.num_levels * s.num_points;
+  const int64_t head_point = (bq * s.num_heads + m) * n;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  const __m512i row_bytes = _mm512_set1_epi32(static_cast<int32_t>(key_stride * sizeof(scalar_t)));
+  const __m512i zero = _mm512_set1_epi64(reinterpret_cast<int64_t>(zero_row<kHeadDims, scalar_t>()));
+  const __m512i base_row = _mm512_set1_epi64(reinterpret_cast<int64_t>(value_bm));
+  for (int64_t g = 0; g < n; g += 16) {
+    GroupTaps<scalar_t>& t = taps[g / 16];
+    const int count = static_cast<int>(std::min<int64_t>(16, n - g));
+    const LaneGeometry geo = lane_geometry(lv, loc, g, count);
+    const __m512 attention = load_lanes(attn + g, count);
+    for (int corner = 0; corner < 4; ++corner) {
+      const __mmask16 k = geo.corner_on[corner];
+      _mm512_store_ps(t.weights[corner], _mm512_maskz_mul_ps(k, attention, geo.weight[corner]));
+      const __m512i offset = _mm512_mullo_epi32(geo.corner_key[corner], row_bytes);
+      const __m512i lo = _mm512_add_epi64(base_row, _mm512_maskz_cvtepi32_epi64(0xFF, _mm512_maskz_extracti64x4_epi64(0xFF, offset, 0)));
+      const __m512i hi = _mm512_add_epi64(base_row, _mm512_maskz_cvtepi32_epi64(0xFF, _mm512_maskz_extracti64x4_epi64(0xFF, offset, 1)));
+      _mm512_store_si512(t.rows[corner], _mm512_mask_blend_epi64(static_cast<__mmask8>(k), zero, lo));
+      _mm512_store_si512(t.rows[corner] + 8, _mm512_mask_blend_epi64(static_cast<__mmask8>(k >> 8), zero, hi));
+    }
+    for (int i = 0; i < count; ++i) {
+      for (int corner = 0; corner < 4; ++corner) {
+        prefetch_row<0>(t.rows[corner][i], kHeadDims * sizeof(scalar_t));
+      }
+    }
+  }
+}
+
+// Eq. 3's sum over the taps of n points, stored as the head's output row.
+template <typename scalar_t, int kHeadDims>
+inline void sum_taps(const GroupTaps<scalar_t>* taps, int64_t n, scalar_t* out) {
+  constexpr int kVecs = kHeadDims / 16;
+  Float16Lanes acc[kVecs] = {};
+  for (int64_t g = 0; g < n; g += 16) {
+    const GroupTaps<scalar_t>& t = taps[g / 16];
+    const int count = static_cast<int>(std::min<int64_t>(16, n - g));
+    for (int i = 0; i < count; ++i) {
+      for (int corner = 0; corner < 4; ++corner) {
+        const float wt = t.weights[corner][i];
+        const scalar_t* row = t.rows[corner][i];
+        for (int j = 0; j < kVecs; ++j) acc[j] += wt * load16(row + 16 * j);
+      }
+    }
+  }
+  for (int j = 0; j < kVecs; ++j) store16(out + 16 * j, acc[j]);
+}
+
+// The forward of queries [begin, end), all heads: the taps of the next (query, head) are
+// computed, and their rows prefetched, before the sum of the current one, so its rows
+// arrive while that sum runs.
+template <typename scalar_t, int kHeadDims>
+inline void forward_simd(const MsdaCpuArgs<scalar_t>& a, const LevelLanes& lv, int64_t begin,
+                         int64_t end, scalar_t* output) {
+  const MsdaSizes& s = a.sizes;
+  const int64_t n = s.num_levels * s.num_points;
+  GroupTaps<scalar_t> taps[2][kMaxLaneGroups];
+  GroupTaps<scalar_t>* current = taps[0];
+  GroupTaps<scalar_t>* next = taps[1];
+  const int64_t first = begin * s.num_heads, last = end * s.num_heads;  // (query, head) pairs
+  if (first < last) point_taps<scalar_t, kHeadDims>(a, lv, begin, 0, current);
+  for (int64_t i = first; i < last; ++i) {
+    if (i + 1 < last) {
+      point_taps<scalar_t, kHeadDims>(a, lv, (i + 1) / s.num_heads, (i + 1) % s.num_heads, next);
+    }
+    sum_taps<scalar_t, kHeadDims>(current, n, output + i * kHeadDims);
+    std::swap(current, next);
+  }
+}
+
+// 16 float lanes stored as scalar_t, only the first `count`.
+template <typename scalar_t>
+inline void store_lanes(scalar_t* p, __m512 v, int count) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    _mm512_mask_storeu_ps(p, mask, v);
+  } else {
+    alignas(32) scalar_t narrow[16];
+    Float16Lanes lanes;
+    std::memcpy(&lanes, &v, sizeof(lanes));
+    store16(narrow, lanes);
+    _mm256_mask_storeu_epi16(p, mask, _mm256_load_si256(reinterpret_cast<const __m256i*>(narrow)));
+  }
+}
+
+// backward_query_head_vec with each group of 16 points' geometry in vector lanes
+// (lane_geometry) and their location and attention gradients computed and stored 16 at a
+// time (msda::bilinear_gradients on lanes). The channel arithmetic per corner is
+// backward_query_head_vec's. (Preparing the next query's points before this one's channel
+// arithmetic, as the forward does, measured slower here: 75-79 against 64-67 ms for the
+// paper's encoder, forward and backward.)
+template <typename scalar_t, int kHeadDims, typename value_t>
+inline void backward_query_head_simd(const MsdaCpuArgs<scalar_t>& a, const LevelLanes& lv,
+                                     int64_t bq, int64_t m, const value_t* value_bm,
+                                     int64_t v_key_stride, const scalar_t* grad_output,
+                                     float* grad_value_bm, int64_t gv_key_stride,
+                                     uint8_t* touched, scalar_t* grad_sampling_locations,
+                                     scalar_t* grad_attention_weights) {
+  constexpr int kVecs = kHeadDims / 16;
+  const MsdaSizes& s = a.sizes;
+  const int64_t key_stride = s.num_heads * kHeadDims;
+  Float16Lanes go[kVecs];
+  for (int j = 0; j < kVecs; ++j) go[j] = load16(grad_output + bq * key_stride + m * kHeadDims + 16 * j);
+  const int64_t n = s.num_levels * s.num_points;
+  const int64_t head_point = (bq * s.num_heads + m) * n;
+  const scalar_t* loc = a.sampling_locations + head_point * 2;
+  const scalar_t* attn = a.attention_weights + head_point;
+  scalar_t* grad_loc = grad_sampling_locations + head_point * 2;
+  scalar_t* grad_attn = grad_attention_weights + head_point;
+  const __m512i interleave_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i interleave_hi = _mm512_add_epi32(interleave_lo, _mm512_set1_epi32(8));
+  alignas(64) int32_t keys[4][16];
+  alignas(64) float weights[4][16];
+  alignas(64) float dots[4][16];
+  for (int64_t g = 0; g < n; g += 16) {
+    const int count = static_cast<int>(std::min<int64_t>(16, n - g));
+    const LaneGeometry geo = lane_geometry(lv, loc, g, count);
+    const __m512 attention = load_lanes(attn + g, count);
+    uint32_t on[4];
+    for (int corner = 0; corner < 4; ++corner) {
+      on[corner] = geo.corner_on[corner];
+      _mm512_store_si512(keys[corner], geo.corner_key[corner]);
+      _mm512_store_ps(weights[corner], _mm512_mul_ps(attention, geo.weight[corner]));
+      _mm512_store_ps(dots[corner], _mm512_setzero_ps());
+    }
+    for (int i = 0; i < count; ++i) {
+      for (int corner = 0; corner < 4; ++corner) {
+        if (!((on[corner] >> i) & 1u)) continue;
+        const int64_t key = keys[corner][i];
+        if (touched) touched[key] = 1;
+        prefetch_row<0>(value_bm + key * v_key_stride, kHeadDims * sizeof(value_t));
+        prefetch_row<1>(grad_value_bm + key * gv_key_stride, kHeadDims * sizeof(float));
+      }
+    }
+    for (int i = 0; i < count; ++i) {
+      for (int corner = 0; corner < 4; ++corner) {
+        if (!((on[corner] >> i) & 1u)) continue;
+        const int64_t key = keys[corner][i];
+        float* gv = grad_value_bm + key * gv_key_stride;
+        const value_t* v = value_bm + key * v_key_stride;
+        const float w = weights[corner][i];
+        Float16Lanes d = go[0] * load16(v);
+        for (int j = 0; j < kVecs; ++j) {
+          Float16Lanes gr;
+          std::memcpy(&gr, gv + 16 * j, sizeof(gr));
+          gr += w * go[j];
+          std::memcpy(gv + 16 * j, &gr, sizeof(gr));
+          if (j > 0) d += go[j] * load16(v + 16 * j);
+        }
+        dots[corner][i] = sum16(d);
+      }
+    }
+    const __m512 dot[4] = {_mm512_load_ps(dots[0]), _mm512_load_ps(dots[1]),
+                           _mm512_load_ps(dots[2]), _mm512_load_ps(dots[3])};
+    __m512 g_attn, g_x, g_y;
+    msda::bilinear_gradients(geo.frac_h, geo.frac_w, geo.weight, dot, attention, geo.height_f,
+                             geo.width_f, g_attn, g_x, g_y);
+    // points off their maps (NaN included) get 0
+    g_attn = _mm512_maskz_mov_ps(geo.on, g_attn);
+    g_x = _mm512_maskz_mov_ps(geo.on, g_x);
+    g_y = _mm512_maskz_mov_ps(geo.on, g_y);
+    store_lanes(grad_loc + 2 * g, _mm512_permutex2var_ps(g_x, interleave_lo, g_y), std::min(count * 2, 16));
+    store_lanes(grad_loc + 2 * g + 16, _mm512_permutex2var_ps(g_x, interleave_hi, g_y),
+                std::max(count * 2 - 16, 0));
+    store_lanes(grad_attn + g, g_attn, count);
+  }
+}
+#endif
+
 // backward_query_head with the output gradient in registers and vector dot products. Reads
 // (batch, head)'s value rows at value_bm + k * v_key_stride: value itself, or a compact
 // float32 copy of the head's slice (see backward).
@@ -283,7 +606,14 @@ inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, 
                                     const scalar_t* grad_output, float* grad_value_bm,
                                     int64_t gv_key_stride, uint8_t* touched,
                                     scalar_t* grad_sampling_locations,
-                                    scalar_t* grad_attention_weights) {
+                                    scalar_t* grad_attention_weights, const LevelLanes* lanes) {
+#if DDETR_ISA_LEVEL >= 2
+  if (lanes && lanes->usable) {
+    return backward_query_head_simd<scalar_t, kHeadDims>(
+        a, *lanes, bq, m, value_bm, v_key_stride, grad_output, grad_value_bm, gv_key_stride,
+        touched, grad_sampling_locations, grad_attention_weights);
+  }
+#endif
   constexpr int kVecs = kHeadDims / 16;
   const MsdaSizes& s = a.sizes;
   const int64_t key_stride = s.num_heads * kHeadDims;
@@ -441,6 +771,17 @@ template <typename scalar_t, int kHeadDims>
 void forward(const MsdaCpuArgs<scalar_t>& a, scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const MsdaSizes& s = a.sizes;
+#if DDETR_ISA_LEVEL >= 2
+  if constexpr (kVectorKernel<scalar_t, kHeadDims>) {
+    const LevelLanes lanes(a, kHeadDims);
+    if (lanes.usable) {
+      at::parallel_for(0, s.bs * s.num_queries, query_grain(s), [&](int64_t begin, int64_t end) {
+        forward_simd<scalar_t, kHeadDims>(a, lanes, begin, end, output);
+      });
+      return;
+    }
+  }
+#endif
   at::parallel_for(0, s.bs * s.num_queries, query_grain(s), [&](int64_t begin, int64_t end) {
     ChannelScratch<acc_t, kHeadDims> acc(s.head_dims);
     for (int64_t bq = begin; bq < end; ++bq) {
@@ -488,6 +829,10 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
   const MsdaSizes& s = a.sizes;
   const int64_t head_dims = kHeadDims > 0 ? kHeadDims : s.head_dims;
   const int64_t key_stride = s.num_heads * head_dims;
+  std::unique_ptr<LevelLanes> lanes;  // for the AVX-512 kernels
+#if DDETR_ISA_LEVEL >= 2
+  if constexpr (kVectorKernel<scalar_t, kHeadDims>) lanes = std::make_unique<LevelLanes>(a, kHeadDims);
+#endif
   if (by_head) {
     const bool in_place = head_grad == HeadGrad::kInPlace;
     const bool sampled_rows = head_grad == HeadGrad::kScratchSampledRows;
@@ -524,11 +869,13 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
             if (compact) {
               backward_query_head_vec<scalar_t, kHeadDims>(
                   a, b * s.num_queries + q, m, values.data(), kHeadDims, grad_output, target,
-                  target_stride, rows, grad_sampling_locations, grad_attention_weights);
+                  target_stride, rows, grad_sampling_locations, grad_attention_weights,
+                  lanes.get());
             } else {
               backward_query_head_vec<scalar_t, kHeadDims>(
                   a, b * s.num_queries + q, m, a.value + origin, key_stride, grad_output, target,
-                  target_stride, rows, grad_sampling_locations, grad_attention_weights);
+                  target_stride, rows, grad_sampling_locations, grad_attention_weights,
+                  lanes.get());
             }
           }
         } else {
@@ -570,7 +917,7 @@ void backward(const MsdaCpuArgs<scalar_t>& a, const scalar_t* grad_output, bool 
           backward_query_head_vec<scalar_t, kHeadDims>(a, bq, m, a.value + origin, key_stride,
                                                        grad_output, grad_value_bm, key_stride,
                                                        nullptr, grad_sampling_locations,
-                                                       grad_attention_weights);
+                                                       grad_attention_weights, lanes.get());
         } else {
           backward_query_head<scalar_t, kHeadDims>(a, bq, m, grad_output, go.data(),
                                                    grad_value_bm, key_stride, nullptr,
