@@ -172,3 +172,28 @@ def test_with_cp_is_a_layer_config_key():
         embed_dims=16, num_heads=4, num_levels=2, with_cp=True))
     assert encoder.layers[0].with_cp
     assert not DeformableDetrTransformerEncoderLayer(embed_dims=16, num_heads=4).with_cp
+
+
+def test_ffn_without_gradients_runs_in_chunks_with_the_same_result(monkeypatch):
+    """Inference on CPU runs the FFN FFN_CHUNK_TOKENS tokens at a time (ReLU in place):
+    the same outputs as the whole-tensor FFN that training runs, for any chunk size, and
+    the input is left as it was."""
+    from ddetr.models.layers import transformer_layer
+    torch.manual_seed(0)
+    layer = DeformableDetrTransformerEncoderLayer(embed_dims=16, num_heads=4, num_levels=2,
+                                                  num_points=2, feedforward_channels=64).eval()
+    query = torch.randn(2, 30, 16)
+    before = query.clone()
+    with torch.enable_grad():
+        whole = layer.forward_ffn(query, layer.norm2)
+    assert whole.requires_grad  # the autograd path
+    rows = []
+    layer.linear1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    for chunk in (7, 30, 60, 1000):  # a remainder, one chunk per sample, both samples, one chunk
+        monkeypatch.setattr(transformer_layer, 'FFN_CHUNK_TOKENS', chunk)
+        rows.clear()
+        with torch.no_grad():
+            chunked = layer.forward_ffn(query, layer.norm2)
+        assert rows == [min(chunk, 60 - start) for start in range(0, 60, chunk)]
+        torch.testing.assert_close(chunked, whole.detach(), rtol=1e-6, atol=1e-6)
+        assert torch.equal(query, before)
