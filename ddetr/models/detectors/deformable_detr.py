@@ -167,7 +167,15 @@ class DeformableDETR(BaseDetector):
 
     # ------------------------------------------------------------ mmdet API
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
-        """(bs, 3, H, W) -> the neck's L maps (bs, C, H_l, W_l), finest first."""
+        """(bs, 3, H, W) -> the neck's L maps (bs, C, H_l, W_l), finest first.
+
+        Inference on CPU (no autograd) passes the images in channels-last memory layout:
+        oneDNN then runs the backbone's and the neck's convolutions without reordering
+        their activations, 1.4x faster at 800x1333 (README, "Results"), with the same
+        values up to rounding; the maps come out channels-last, which flattening into
+        tokens (``pre_transformer``) reads without a transposing copy."""
+        if batch_inputs.is_cpu and not torch.is_grad_enabled():
+            batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
         mlvl_feats = self.neck(self.backbone(batch_inputs))
         if len(mlvl_feats) != self.num_feature_levels:
             raise ValueError(f'DeformableDETR: the neck gave {len(mlvl_feats)} maps but '

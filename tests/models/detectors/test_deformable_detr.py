@@ -349,3 +349,23 @@ def test_with_cp_from_the_config_keeps_losses_and_gradients(detector_cfg, batch_
     assert grads_cp.keys() == grads.keys()
     for name in grads:
         torch.testing.assert_close(grads_cp[name], grads[name], msg=name)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_inference_on_cpu_runs_the_backbone_channels_last_with_the_same_outputs(
+        variant, build_detector, batch_of):
+    """Without autograd on CPU the images reach the backbone in channels-last layout (a
+    faster path for oneDNN's convolutions); the outputs are those of the default layout,
+    which the detector keeps while gradients are recorded."""
+    model = build_detector(variant).eval()
+    inputs, samples = batch_of(model, SHAPES, training=False)
+    layouts = []
+    model.backbone.register_forward_pre_hook(lambda module, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    with torch.no_grad():
+        fast = model(inputs, samples, mode='tensor')
+    with torch.enable_grad():
+        default = model(inputs, samples, mode='tensor')
+    assert layouts == [True, False]
+    for a, b in zip(fast, default):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
