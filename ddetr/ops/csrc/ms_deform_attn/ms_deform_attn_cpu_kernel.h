@@ -234,6 +234,23 @@ inline void prefetch_row(const value_t* row, int64_t bytes) {
   }
 }
 
+// The vector backward's channel arithmetic for one corner of a sampling point: adds
+// w * grad_out (w: attention times bilinear weight) to the corner's value-gradient row gv
+// and returns <grad_out, value row v>, the corner's dot product for
+// msda::bilinear_gradients.
+template <int kHeadDims, typename value_t>
+inline float corner_backward(const Float16Lanes* go, const value_t* v, float* gv, float w) {
+  Float16Lanes d = go[0] * load16(v);
+  for (int j = 0; j < kHeadDims / 16; ++j) {
+    Float16Lanes g;
+    std::memcpy(&g, gv + 16 * j, sizeof(g));
+    g += w * go[j];
+    std::memcpy(gv + 16 * j, &g, sizeof(g));
+    if (j > 0) d += go[j] * load16(v + 16 * j);
+  }
+  return sum16(d);
+}
+
 // forward_query_head with the head's channels in kHeadDims / 16 vector accumulators held in
 // registers for the whole query. A corner off the map reads a row of zeros with weight 0.
 template <typename scalar_t, int kHeadDims>
@@ -566,18 +583,9 @@ inline void backward_query_head_simd(const MsdaCpuArgs<scalar_t>& a, const Level
       for (int corner = 0; corner < 4; ++corner) {
         if (!((on[corner] >> i) & 1u)) continue;
         const int64_t key = keys[corner][i];
-        float* gv = grad_value_bm + key * gv_key_stride;
-        const value_t* v = value_bm + key * v_key_stride;
-        const float w = weights[corner][i];
-        Float16Lanes d = go[0] * load16(v);
-        for (int j = 0; j < kVecs; ++j) {
-          Float16Lanes gr;
-          std::memcpy(&gr, gv + 16 * j, sizeof(gr));
-          gr += w * go[j];
-          std::memcpy(gv + 16 * j, &gr, sizeof(gr));
-          if (j > 0) d += go[j] * load16(v + 16 * j);
-        }
-        dots[corner][i] = sum16(d);
+        dots[corner][i] = corner_backward<kHeadDims>(go, value_bm + key * v_key_stride,
+                                                     grad_value_bm + key * gv_key_stride,
+                                                     weights[corner][i]);
       }
     }
     const __m512 dot[4] = {_mm512_load_ps(dots[0]), _mm512_load_ps(dots[1]),
@@ -634,18 +642,9 @@ inline void backward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, 
       float dot[4] = {0.f, 0.f, 0.f, 0.f};
       for (int corner = 0; corner < 4; ++corner) {
         if (pt.offset[corner] < 0) continue;
-        float* gv = grad_value_bm + keys[i][corner] * gv_key_stride;
-        const value_t* v = value_bm + keys[i][corner] * v_key_stride;
-        const float w = attns[i] * pt.weight[corner];
-        Float16Lanes d = go[0] * load16(v);
-        for (int j = 0; j < kVecs; ++j) {
-          Float16Lanes g;
-          std::memcpy(&g, gv + 16 * j, sizeof(g));
-          g += w * go[j];
-          std::memcpy(gv + 16 * j, &g, sizeof(g));
-          if (j > 0) d += go[j] * load16(v + 16 * j);
-        }
-        dot[corner] = sum16(d);
+        dot[corner] = corner_backward<kHeadDims>(go, value_bm + keys[i][corner] * v_key_stride,
+                                                 grad_value_bm + keys[i][corner] * gv_key_stride,
+                                                 attns[i] * pt.weight[corner]);
       }
       float g_attn, g_x, g_y;
       msda::bilinear_point_backward<float>(pt, dot, attns[i], heights[i], widths[i], g_attn, g_x, g_y);
