@@ -171,7 +171,7 @@ class DeformableDETR(BaseDetector):
 
         Inference on CPU (no autograd) passes the images in channels-last memory layout:
         oneDNN then runs the backbone's and the neck's convolutions without reordering
-        their activations, 1.4x faster at 800x1333 (README, "Results"), with the same
+        their activations, 1.2-1.4x faster at 800x1333 (README, "Results"), with the same
         values up to rounding; the maps come out channels-last, which flattening into
         tokens (``pre_transformer``) reads without a transposing copy."""
         if batch_inputs.is_cpu and not torch.is_grad_enabled():

@@ -49,8 +49,12 @@ class DeformableDetrTransformerLayerBase(BaseModule):
         """(bs, n, C) -> (bs, n, C): the FFN with its residual connection and ``norm``."""
         if query.is_cpu and not torch.is_grad_enabled() and FFN_CHUNK_TOKENS > 0:
             return self._forward_ffn_in_chunks(query, norm)
-        hidden = self.ffn_dropout(F.relu(self.linear1(query)))  # (bs, n, feedforward)
-        return norm(query + self.ffn_out_dropout(self.linear2(hidden)))
+        return self._ffn(query, norm, relu_in_place=False)
+
+    def _ffn(self, x: Tensor, norm: nn.Module, relu_in_place: bool) -> Tensor:
+        """norm(x + FFN(x)) on all of x's rows (..., C)."""
+        hidden = F.relu(self.linear1(x), inplace=relu_in_place)  # (..., feedforward)
+        return norm(x + self.ffn_out_dropout(self.linear2(self.ffn_dropout(hidden))))
 
     def _forward_ffn_in_chunks(self, query: Tensor, norm: nn.Module) -> Tensor:
         """forward_ffn without autograd on CPU: FFN_CHUNK_TOKENS tokens at a time, the ReLU
@@ -59,12 +63,9 @@ class DeformableDetrTransformerLayerBase(BaseModule):
         a layer, which the allocator maps afresh each time: page faults and zeroing). Every
         operation is row by row, so the result is the same up to the matrix multiply's
         blocking."""
-        flat = query.reshape(-1, query.shape[-1])
-        chunks = []
-        for start in range(0, flat.shape[0], FFN_CHUNK_TOKENS):
-            x = flat[start:start + FFN_CHUNK_TOKENS]
-            hidden = self.ffn_dropout(F.relu(self.linear1(x), inplace=True))
-            chunks.append(norm(x + self.ffn_out_dropout(self.linear2(hidden))))
+        flat = query.reshape(-1, query.shape[-1])  # (bs * n, C)
+        chunks = [self._ffn(flat[start:start + FFN_CHUNK_TOKENS], norm, relu_in_place=True)
+                  for start in range(0, flat.shape[0], FFN_CHUNK_TOKENS)]
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return out.view(query.shape)
 

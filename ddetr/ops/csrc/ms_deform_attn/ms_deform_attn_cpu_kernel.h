@@ -346,7 +346,7 @@ struct LevelLanes {
 // weight) and four value-row addresses at once, the same formulas as
 // msda::bilinear_point in vector form. The per-point bookkeeping is what bounds the scalar
 // version (ms_deform_attn_math.h's branches and int64 arithmetic, a hundred instructions a
-// point); here it is about two instructions a point. The channel arithmetic is
+// point); here a few vector instructions cover 16 points. The channel arithmetic is
 // forward_query_head_vec's. Used when every key offset fits in 32 bits (LevelLanes::usable).
 
 // 16 values of scalar_t as float lanes; lanes from `count` on read nothing and are 0.
