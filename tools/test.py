@@ -131,6 +131,8 @@ def main(argv=None):
     except (ImageLoadError, UntrustedCheckpointError, CheckpointError) as e:  # a bad image or
         # checkpoint (not allow-listed, or not fitting the config's model)
         sys.exit(f'tools/test.py: stopped: {e}')
+    except FileNotFoundError as e:  # e.g. the annotation file under the config's data_root
+        sys.exit(f'tools/test.py: stopped: {e} (check the paths in {args.config})')
     except ConfigError as e:  # a misspelt key or type of what test() builds (evaluator...)
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     if is_main_process():

@@ -140,6 +140,19 @@ def test_test_py_refuses_a_checkpoint_that_does_not_fit(tmp_path, data_root, con
     assert not osp.exists(tmp_path / 'work' / 'metrics.json')
 
 
+def test_test_py_names_a_missing_annotation_file(tmp_path):
+    """A config whose data is not there (COCO not downloaded, a typo in data_root) stops
+    with one line naming the file, not a traceback."""
+    config = write_config(tmp_path, str(tmp_path / 'no_such_data'), CLASSES)
+    ckpt = tmp_path / 'never_read.pth'
+    ckpt.write_bytes(b'')
+    proc = run([osp.join(ROOT, 'tools', 'test.py'), config, str(ckpt), '--work-dir',
+                str(tmp_path / 'work')], check=False)
+    assert proc.returncode != 0
+    assert 'no_such_data' in proc.stderr and 'my_data.py' in proc.stderr, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+
+
 def test_demo_refuses_a_mismatched_checkpoint(tmp_path, data_root, converted_80):
     ckpt, _ = converted_80
     config = write_config(tmp_path, data_root, CLASSES)  # two-stage: not the checkpoint's
