@@ -130,6 +130,8 @@ def main(argv=None):
         sys.exit(f'{osp.basename(__file__)}: error: {e}')
     except (UntrustedCheckpointError, CheckpointError) as e:  # load_from / --resume: a file
         sys.exit(f'{osp.basename(__file__)}: stopped: {e}')  # not allow-listed or not fitting
+    except FileNotFoundError as e:  # e.g. the annotation file under the config's data_root
+        sys.exit(f'{osp.basename(__file__)}: stopped: {e} (check the paths in {args.config})')
 
 
 if __name__ == '__main__':

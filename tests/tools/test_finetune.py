@@ -153,6 +153,17 @@ def test_test_py_names_a_missing_annotation_file(tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+def test_train_py_names_a_missing_annotation_file(tmp_path):
+    """The same for training: one line naming the missing file and the config, in seconds
+    (the dataset is built before the first iteration)."""
+    config = write_config(tmp_path, str(tmp_path / 'no_such_data'), CLASSES)
+    proc = run([osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir',
+                str(tmp_path / 'work')], check=False)
+    assert proc.returncode != 0
+    assert 'no_such_data' in proc.stderr and 'my_data.py' in proc.stderr, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+
+
 def test_demo_refuses_a_mismatched_checkpoint(tmp_path, data_root, converted_80):
     ckpt, _ = converted_80
     config = write_config(tmp_path, data_root, CLASSES)  # two-stage: not the checkpoint's
