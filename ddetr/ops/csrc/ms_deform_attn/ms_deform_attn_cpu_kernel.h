@@ -251,6 +251,12 @@ inline float corner_backward(const Float16Lanes* go, const value_t* v, float* gv
   return sum16(d);
 }
 
+// acc += w * row: one tap of Eq. 3 on the head's channels (kHeadDims / 16 vectors).
+template <int kHeadDims, typename value_t>
+inline void add_weighted_row(Float16Lanes* acc, float w, const value_t* row) {
+  for (int j = 0; j < kHeadDims / 16; ++j) acc[j] += w * load16(row + 16 * j);
+}
+
 // forward_query_head with the head's channels in kHeadDims / 16 vector accumulators held in
 // registers for the whole query. A corner off the map reads a row of zeros with weight 0.
 template <typename scalar_t, int kHeadDims>
@@ -269,7 +275,7 @@ inline void forward_query_head_vec(const MsdaCpuArgs<scalar_t>& a, int64_t bq, i
   auto accumulate = [&]() {
     for (int i = 0; i < num_taps; ++i) {
       for (int corner = 0; corner < 4; ++corner) {
-        for (int j = 0; j < kVecs; ++j) acc[j] += weights[i][corner] * load16(rows[i][corner] + 16 * j);
+        add_weighted_row<kHeadDims>(acc, weights[i][corner], rows[i][corner]);
       }
     }
     num_taps = 0;
@@ -484,9 +490,7 @@ inline void sum_taps(const GroupTaps<scalar_t>* taps, int64_t n, scalar_t* out) 
     const int count = static_cast<int>(std::min<int64_t>(16, n - g));
     for (int i = 0; i < count; ++i) {
       for (int corner = 0; corner < 4; ++corner) {
-        const float wt = t.weights[corner][i];
-        const scalar_t* row = t.rows[corner][i];
-        for (int j = 0; j < kVecs; ++j) acc[j] += wt * load16(row + 16 * j);
+        add_weighted_row<kHeadDims>(acc, t.weights[corner][i], t.rows[corner][i]);
       }
     }
   }
