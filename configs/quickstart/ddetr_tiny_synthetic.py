@@ -111,10 +111,6 @@ param_scheduler = [
 ]
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
-# Progressive resizing (TrainScaleScheduleHook): the first half of the iterations on images
-# resized to 0.75 x img_scale (192 px: 0.56x the pixels, a cheaper step), the second half at
-# img_scale, the scale of testing (README, "Results": the same AP in less time).
-custom_hooks = [dict(type='TrainScaleScheduleHook', early_ratio=0.75, early_fraction=0.5)]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2,

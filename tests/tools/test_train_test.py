@@ -75,6 +75,19 @@ def test_quickstart_config_trains_a_few_iterations(trained):
     assert 'loss_cls' in trained['log'] and 'enc_loss_cls' in trained['log']
 
 
+def test_progressive_resizing_switches_scale_halfway_through(tmp_path):
+    """TrainScaleScheduleHook from a config, in mmengine's real loop: the early scale is
+    relative to the config's, the switch a fraction of max_iters."""
+    hook = ("custom_hooks = [dict(type='TrainScaleScheduleHook', early_ratio=0.5, "
+            "early_fraction=0.5)]")
+    config = write_config(tmp_path, extra=hook)
+    proc = run(['tools/train.py', config, '--work-dir', str(tmp_path / 'work')])
+    log = proc.stdout + proc.stderr
+    assert 'training images at scale (128, 128) until iteration 2, then (256, 256)' in log
+    assert 'training images at scale (256, 256) from iteration 2' in log
+    assert trained_iters(log)[-1] == 4
+
+
 def test_test_tool_reports_the_twelve_coco_metrics(trained, tmp_path):
     out_pkl = str(tmp_path / 'preds.pkl')
     show_dir = 'shown'

@@ -14,9 +14,9 @@ class TrainScaleScheduleHook(Hook):
 
     Early iterations on smaller images cost less (the backbone, the encoder's tokens and the
     op all scale with the pixels) while the model still learns the coarse task; the last
-    part trains at the scale the model is tested at. The paper trains with images of
-    several sizes too (shorter side 480-800, from DETR); this keeps one size at a time so
-    that every batch of a phase pads to about the same size.
+    part trains at the scale the model is tested at. The paper's training follows DETR's,
+    which resizes each image to one of several sizes (shorter side 480-800); this keeps one
+    size at a time, so the batches of a phase pad to about the same size.
 
     Both are relative, so a config that inherits this one and changes the image scale or
     the schedule (``--cfg-options train_cfg.max_iters=...``) gets the same proportions; the
