@@ -188,6 +188,12 @@ def test_quickstart_replaces_the_coco_settings_it_inherits():
     assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=2800, val_interval=2800)
     assert cfg.train_dataloader.batch_size == 4
     assert cfg.param_scheduler[1].milestones == [int(2800 * 0.75)]
+    # progressive resizing: half at 160 px, a quarter at 192, then the test scale; the
+    # loader in the training process, where the hook changes the pipeline
+    assert cfg.custom_hooks == [dict(type='TrainScaleScheduleHook', ratios=[0.625, 0.75],
+                                     milestones=[0.5, 0.75])]
+    assert cfg.train_dataloader.num_workers == 0
+    assert [t.scale for t in cfg.train_pipeline if t.type == 'Resize'] == [(256, 256)]
     # one fused kernel per parameter (the default would loop over them in Python)
     assert wrapper.optimizer.defaults['fused'] and not wrapper.optimizer.defaults['foreach']
     # one group per setting (lr, lr x 0.1), not one per parameter
@@ -213,7 +219,7 @@ MINI_ROWS = sorted(glob.glob(config_path('quickstart/table1/*.py')) +
                    glob.glob(config_path('quickstart/detr/*.py')))
 SHARED = ('train_cfg', 'param_scheduler', 'randomness', 'train_dataloader', 'val_dataloader',
           'test_dataloader', 'val_evaluator', 'test_evaluator', 'optim_wrapper',
-          'default_hooks', 'env_cfg', 'auto_scale_lr')
+          'default_hooks', 'custom_hooks', 'env_cfg', 'auto_scale_lr')
 
 
 def test_mini_sweep_rows_share_seed_data_schedule_and_evaluation():
@@ -238,9 +244,10 @@ def test_mini_sweep_rows_share_seed_data_schedule_and_evaluation():
     assert knob.optim_wrapper.optimizer.lr == 4e-4
     assert knob.optim_wrapper.optimizer.foreach is True and not knob.optim_wrapper.optimizer.fused
     assert knob.param_scheduler[0].end == 100
+    assert knob.custom_hooks == []  # one image scale throughout, as measured
     for key in SHARED:
-        if key not in ('train_cfg', 'param_scheduler', 'default_hooks', 'train_dataloader',
-                       'optim_wrapper'):
+        if key not in ('train_cfg', 'param_scheduler', 'default_hooks', 'custom_hooks',
+                       'train_dataloader', 'optim_wrapper'):
             assert knob[key] == quickstart[key], key
     for key in ('train_dataloader', 'optim_wrapper'):  # all but the pinned values
         pinned, own = copy.deepcopy(knob[key]), copy.deepcopy(quickstart[key])

@@ -24,6 +24,7 @@ train_dataloader = dict(batch_size=8)  # pinned
 # under autocast and the grouped optimizer: a rerun differs from it in the last bits, and
 # over 800 iterations by about as much as another seed would.)
 optim_wrapper = dict(optimizer=dict(lr=4e-4, foreach=True, fused=None))  # pinned
+custom_hooks = []  # pinned: one image scale throughout (no progressive resizing)
 train_cfg = dict(max_iters=max_iters, val_interval=val_interval)
 default_hooks = dict(
     # validation metrics logged at the training iteration (mmengine's default logs them at

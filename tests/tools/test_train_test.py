@@ -78,8 +78,8 @@ def test_quickstart_config_trains_a_few_iterations(trained):
 def test_progressive_resizing_switches_scale_halfway_through(tmp_path):
     """TrainScaleScheduleHook from a config, in mmengine's real loop: the early scale is
     relative to the config's, the switch a fraction of max_iters."""
-    hook = ("custom_hooks = [dict(type='TrainScaleScheduleHook', early_ratio=0.5, "
-            "early_fraction=0.5)]")
+    hook = ("custom_hooks = [dict(type='TrainScaleScheduleHook', ratios=[0.5], "
+            "milestones=[0.5])]")
     config = write_config(tmp_path, extra=hook)
     proc = run(['tools/train.py', config, '--work-dir', str(tmp_path / 'work')])
     log = proc.stdout + proc.stderr

@@ -1,5 +1,5 @@
 """Smaller training images first, then the config's own scale (progressive resizing)."""
-from typing import List
+from typing import List, Sequence
 
 from mmengine.hooks import Hook
 
@@ -8,40 +8,47 @@ from ddetr.registry import HOOKS
 
 @HOOKS.register_module()
 class TrainScaleScheduleHook(Hook):
-    """Trains the first ``early_fraction`` of the training's iterations with every
-    ``Resize`` of the training pipeline at ``early_ratio`` times its scale, then at the scale
-    the config gives it.
+    """Trains the early part of the training with every ``Resize`` of the training pipeline
+    at a fraction of its scale, in stages, then at the scale the config gives it.
+
+    Stage ``i`` resizes to ``ratios[i]`` times the configured scale and ends at
+    ``milestones[i]``, a fraction of the training's iterations (as the learning rate's
+    ``MultiStepLR`` milestones, but relative); after the last milestone the configured scale
+    holds. ``ratios=[0.75], milestones=[0.5]``: the first half at 0.75x, the second at 1x.
 
     Early iterations on smaller images cost less (the backbone, the encoder's tokens and the
     op all scale with the pixels) while the model still learns the coarse task; the last
     part trains at the scale the model is tested at. The paper's training follows DETR's,
     which resizes each image to one of several sizes (shorter side 480-800); this keeps one
-    size at a time, so the batches of a phase pad to about the same size.
+    size at a time, so the batches of a stage pad to about the same size.
 
     Both are relative, so a config that inherits this one and changes the image scale or
     the schedule (``--cfg-options train_cfg.max_iters=...``) gets the same proportions; the
-    log says which scales and iterations were used. The pipeline is changed
-    in the training process, so the loader must load there
-    (``train_dataloader.num_workers=0``): worker processes keep their own copy of it. A
-    resumed run starts in the phase of its iteration.
+    log says which scales and iterations were used. The pipeline is changed in the training
+    process, so the loader must load there (``train_dataloader.num_workers=0``): worker
+    processes keep their own copy of it. A resumed run starts in the stage of its iteration.
 
     Args:
-        early_ratio (float): the early iterations' ``Resize`` scale as a fraction of the
+        ratios (Sequence[float]): each early stage's ``Resize`` scale as a fraction of the
             configured one, in (0, 1].
-        early_fraction (float): their share of the iterations, in [0, 1].
+        milestones (Sequence[float]): where each early stage ends, as a fraction of the
+            training's iterations: increasing, in [0, 1], one per ratio.
     """
     priority = 'NORMAL'
 
-    def __init__(self, *, early_ratio: float, early_fraction: float) -> None:
-        if not 0 < early_ratio <= 1:
-            raise ValueError(f'TrainScaleScheduleHook: early_ratio must be in (0, 1], '
-                             f'got {early_ratio!r}')
-        if not 0 <= early_fraction <= 1:
-            raise ValueError(f'TrainScaleScheduleHook: early_fraction must be in [0, 1], '
-                             f'got {early_fraction!r}')
-        self.early_ratio = float(early_ratio)
-        self.early_fraction = float(early_fraction)
-        self.switch_iter = 0  # the first iteration at the config's scale (before_train)
+    def __init__(self, *, ratios: Sequence[float], milestones: Sequence[float]) -> None:
+        ratios, milestones = [float(r) for r in ratios], [float(m) for m in milestones]
+        if not ratios or len(ratios) != len(milestones):
+            raise ValueError(f'TrainScaleScheduleHook: one milestone per ratio, got ratios '
+                             f'{ratios} and milestones {milestones}')
+        if not all(0 < r <= 1 for r in ratios):
+            raise ValueError(f'TrainScaleScheduleHook: ratios must be in (0, 1], got {ratios}')
+        if not all(0 <= m <= 1 for m in milestones) or milestones != sorted(milestones):
+            raise ValueError(f'TrainScaleScheduleHook: milestones must increase within '
+                             f'[0, 1], got {milestones}')
+        self.ratios = ratios + [1.0]  # the configured scale after the last milestone
+        self.milestones = milestones
+        self.ends: List[int] = []  # the first iteration of each later stage (before_train)
         self._resizes: List = []
         self._scales: List = []
 
@@ -62,25 +69,31 @@ class TrainScaleScheduleHook(Hook):
             raise ValueError('TrainScaleScheduleHook: a Resize of the training pipeline has '
                              'no scale (it uses scale_factor); give it a scale')
         self._scales = [t.scale for t in self._resizes]
-        early = [tuple(max(1, round(size * self.early_ratio)) for size in scale)
-                 for scale in self._scales]
-        self.switch_iter = round(runner.max_iters * self.early_fraction)
-        if runner.iter < self.switch_iter:
-            for transform, scale in zip(self._resizes, early):
-                transform.scale = scale
-            runner.logger.info(f'TrainScaleScheduleHook: training images at scale '
-                               f'{early[0]} until iteration {self.switch_iter}, then '
-                               f'{self._scales[0]}')
+        self.ends = [round(runner.max_iters * m) for m in self.milestones]
+        plan = ', '.join(f'{self._stage_scales(i)[0]} until iteration {end}'
+                         for i, end in enumerate(self.ends))
+        runner.logger.info(f'TrainScaleScheduleHook: training images at scale {plan}, then '
+                           f'{self._scales[0]}')
+        stage = sum(end <= runner.iter for end in self.ends)  # a resumed run's stage
+        self._set_stage(stage)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        # the loop loads the next batch before the next iteration's hooks run, so the
-        # switch happens after the last early iteration
-        if runner.iter + 1 == self.switch_iter:
-            for transform, scale in zip(self._resizes, self._scales):
-                transform.scale = scale
+        # the loop loads the next batch before the next iteration's hooks run, so a stage
+        # starts after the last iteration of the one before
+        next_iter = runner.iter + 1
+        if next_iter in self.ends:
+            stage = sum(end <= next_iter for end in self.ends)
+            self._set_stage(stage)
             runner.logger.info(f'TrainScaleScheduleHook: training images at scale '
-                               f'{self._scales[0]} from iteration {self.switch_iter}')
+                               f'{self._stage_scales(stage)[0]} from iteration {next_iter}')
 
     def after_train(self, runner) -> None:
-        for transform, scale in zip(self._resizes, self._scales):  # leave the pipeline as found
+        self._set_stage(len(self.ends))  # leave the pipeline as found
+
+    def _stage_scales(self, stage: int) -> List[tuple]:
+        ratio = self.ratios[stage]
+        return [tuple(max(1, round(size * ratio)) for size in scale) for scale in self._scales]
+
+    def _set_stage(self, stage: int) -> None:
+        for transform, scale in zip(self._resizes, self._stage_scales(stage)):
             transform.scale = scale

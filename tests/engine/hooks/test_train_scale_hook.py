@@ -43,31 +43,45 @@ def run_iterations(hook, runner, num_iters):
 def test_the_switch_follows_max_iters():
     """A schedule shortened on the command line switches at the same fraction of it."""
     runner = make_runner([Resize(scale=(256, 256))], max_iters=10)
-    scales = run_iterations(TrainScaleScheduleHook(early_ratio=0.75, early_fraction=0.3),
+    scales = run_iterations(TrainScaleScheduleHook(ratios=[0.75], milestones=[0.3]),
                             runner, 10)
     assert scales == [(192, 192)] * 3 + [(256, 256)] * 7
 
 
 def test_early_scale_until_the_switch_then_the_configs():
     runner = make_runner([Resize(scale=(256, 256), keep_ratio=True)])
-    hook = TrainScaleScheduleHook(early_ratio=0.75, early_fraction=0.5)
+    hook = TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5])
     scales = run_iterations(hook, runner, 6)
     assert scales == [(192, 192)] * 3 + [(256, 256)] * 3
     assert runner.train_dataloader.dataset.pipeline.transforms[0].scale == (256, 256)
 
 
+def test_stages_in_turn_then_the_configs_scale():
+    runner = make_runner([Resize(scale=(256, 256))], max_iters=8)
+    hook = TrainScaleScheduleHook(ratios=[0.625, 0.75], milestones=[0.5, 0.75])
+    scales = run_iterations(hook, runner, 8)
+    assert scales == [(160, 160)] * 4 + [(192, 192)] * 2 + [(256, 256)] * 2
+    assert hook.ends == [4, 6]
+
+
+def test_a_resumed_run_in_a_middle_stage_gets_its_scale():
+    runner = make_runner([Resize(scale=(256, 256))], start_iter=5, max_iters=8)
+    hook = TrainScaleScheduleHook(ratios=[0.625, 0.75], milestones=[0.5, 0.75])
+    assert run_iterations(hook, runner, 3) == [(192, 192), (256, 256), (256, 256)]
+
+
 def test_a_resumed_run_starts_in_the_phase_of_its_iteration():
     early = make_runner([Resize(scale=(256, 256))], start_iter=1)
-    assert run_iterations(TrainScaleScheduleHook(early_ratio=0.5, early_fraction=0.5),
+    assert run_iterations(TrainScaleScheduleHook(ratios=[0.5], milestones=[0.5]),
                           early, 3) == [(128, 128), (128, 128), (256, 256)]
     late = make_runner([Resize(scale=(256, 256))], start_iter=5)
-    assert run_iterations(TrainScaleScheduleHook(early_ratio=0.5, early_fraction=0.5),
+    assert run_iterations(TrainScaleScheduleHook(ratios=[0.5], milestones=[0.5]),
                           late, 2) == [(256, 256)] * 2
 
 
 def test_every_resize_of_the_pipeline_is_scheduled():
     runner = make_runner([Resize(scale=(256, 256)), Resize(scale=(300, 200))])
-    hook = TrainScaleScheduleHook(early_ratio=0.25, early_fraction=0.2)
+    hook = TrainScaleScheduleHook(ratios=[0.25], milestones=[0.2])
     hook.before_train(runner)
     first, second = runner.train_dataloader.dataset.pipeline.transforms
     assert (first.scale, second.scale) == ((64, 64), (75, 50))
@@ -78,24 +92,27 @@ def test_every_resize_of_the_pipeline_is_scheduled():
 def test_loader_workers_are_refused_with_the_key_to_change():
     runner = make_runner([Resize(scale=(256, 256))], num_workers=2)
     with pytest.raises(ValueError, match='train_dataloader.num_workers=0'):
-        TrainScaleScheduleHook(early_ratio=0.75, early_fraction=0.5).before_train(runner)
+        TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5]).before_train(runner)
 
 
 def test_a_resize_by_factor_is_refused():
     runner = make_runner([Resize(scale_factor=0.5)])
     with pytest.raises(ValueError, match='scale_factor'):
-        TrainScaleScheduleHook(early_ratio=0.75, early_fraction=0.5).before_train(runner)
+        TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5]).before_train(runner)
 
 
 def test_a_pipeline_without_resize_is_refused():
     runner = make_runner([])
     with pytest.raises(ValueError, match='no Resize'):
-        TrainScaleScheduleHook(early_ratio=0.75, early_fraction=0.5).before_train(runner)
+        TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5]).before_train(runner)
 
 
-@pytest.mark.parametrize('kwargs', [dict(early_ratio=0.75, early_fraction=1.5),
-                                    dict(early_ratio=0, early_fraction=0.5),
-                                    dict(early_ratio=1.5, early_fraction=0.5)])
+@pytest.mark.parametrize('kwargs', [dict(ratios=[0.75], milestones=[1.5]),
+                                    dict(ratios=[0], milestones=[0.5]),
+                                    dict(ratios=[1.5], milestones=[0.5]),
+                                    dict(ratios=[0.5, 0.75], milestones=[0.5]),
+                                    dict(ratios=[], milestones=[]),
+                                    dict(ratios=[0.5, 0.75], milestones=[0.6, 0.3])])
 def test_bad_arguments_are_named(kwargs):
     with pytest.raises(ValueError, match='TrainScaleScheduleHook'):
         TrainScaleScheduleHook(**kwargs)
