@@ -55,7 +55,7 @@ test_pipeline = [
 train_dataloader = dict(
     _delete_=True,
     batch_size=4,
-    num_workers=0,
+    num_workers=0,  # also needed by TrainScaleScheduleHook (below), which resizes here
     persistent_workers=False,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(  # SyntheticShapesDataset: mmdet's CocoDataset that generates its data
