@@ -74,21 +74,23 @@ class TrainScaleScheduleHook(Hook):
                          for i, end in enumerate(self.ends))
         runner.logger.info(f'TrainScaleScheduleHook: training images at scale {plan}, then '
                            f'{self._scales[0]}')
-        stage = sum(end <= runner.iter for end in self.ends)  # a resumed run's stage
-        self._set_stage(stage)
+        self._set_stage(self._stage_at(runner.iter))  # a resumed run's stage
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         # the loop loads the next batch before the next iteration's hooks run, so a stage
         # starts after the last iteration of the one before
         next_iter = runner.iter + 1
         if next_iter in self.ends:
-            stage = sum(end <= next_iter for end in self.ends)
+            stage = self._stage_at(next_iter)
             self._set_stage(stage)
             runner.logger.info(f'TrainScaleScheduleHook: training images at scale '
                                f'{self._stage_scales(stage)[0]} from iteration {next_iter}')
 
     def after_train(self, runner) -> None:
         self._set_stage(len(self.ends))  # leave the pipeline as found
+
+    def _stage_at(self, iteration: int) -> int:
+        return sum(end <= iteration for end in self.ends)
 
     def _stage_scales(self, stage: int) -> List[tuple]:
         ratio = self.ratios[stage]
