@@ -88,6 +88,19 @@ def test_progressive_resizing_switches_scale_halfway_through(tmp_path):
     assert trained_iters(log)[-1] == 4
 
 
+def test_progressive_resizing_with_loader_workers_stops_in_one_line(tmp_path):
+    """The quick start's hook with a loader in worker processes (a user's num_workers=2):
+    stopped before the first iteration, naming the key to change, without a traceback."""
+    config = write_config(tmp_path)
+    proc = run(['tools/train.py', config, '--work-dir', str(tmp_path / 'work'),
+                '--cfg-options', 'train_dataloader.num_workers=2'], check=False)
+    assert proc.returncode != 0
+    assert 'error (before training)' in proc.stderr, proc.stderr[-3000:]
+    assert 'set train_dataloader.num_workers=0' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert trained_iters(proc.stdout + proc.stderr) == []
+
+
 def test_test_tool_reports_the_twelve_coco_metrics(trained, tmp_path):
     out_pkl = str(tmp_path / 'preds.pkl')
     show_dir = 'shown'

@@ -4,6 +4,8 @@ from typing import List, Sequence
 from mmengine.hooks import Hook
 
 from ddetr.registry import HOOKS
+from ddetr.utils import ConfigError
+from .preflight_hook import PreflightError
 
 
 @HOOKS.register_module()
@@ -39,12 +41,12 @@ class TrainScaleScheduleHook(Hook):
     def __init__(self, *, ratios: Sequence[float], milestones: Sequence[float]) -> None:
         ratios, milestones = [float(r) for r in ratios], [float(m) for m in milestones]
         if not ratios or len(ratios) != len(milestones):
-            raise ValueError(f'TrainScaleScheduleHook: one milestone per ratio, got ratios '
+            raise ConfigError(f'TrainScaleScheduleHook: one milestone per ratio, got ratios '
                              f'{ratios} and milestones {milestones}')
         if not all(0 < r <= 1 for r in ratios):
-            raise ValueError(f'TrainScaleScheduleHook: ratios must be in (0, 1], got {ratios}')
+            raise ConfigError(f'TrainScaleScheduleHook: ratios must be in (0, 1], got {ratios}')
         if not all(0 <= m <= 1 for m in milestones) or milestones != sorted(milestones):
-            raise ValueError(f'TrainScaleScheduleHook: milestones must increase within '
+            raise ConfigError(f'TrainScaleScheduleHook: milestones must increase within '
                              f'[0, 1], got {milestones}')
         self.ratios = ratios + [1.0]  # the configured scale after the last milestone
         self.milestones = milestones
@@ -55,7 +57,7 @@ class TrainScaleScheduleHook(Hook):
     def before_train(self, runner) -> None:
         loader = runner.train_dataloader
         if loader.num_workers > 0:
-            raise ValueError(
+            raise PreflightError(
                 f'TrainScaleScheduleHook changes the training pipeline in this process, but '
                 f'train_dataloader.num_workers={loader.num_workers} loads in worker processes '
                 f'that keep their own copy: set train_dataloader.num_workers=0')
@@ -63,10 +65,10 @@ class TrainScaleScheduleHook(Hook):
         self._resizes = [t for t in getattr(pipeline, 'transforms', [])
                          if type(t).__name__ == 'Resize']
         if not self._resizes:
-            raise ValueError('TrainScaleScheduleHook: the training pipeline '
+            raise PreflightError('TrainScaleScheduleHook: the training pipeline '
                              '(train_dataloader.dataset.pipeline) has no Resize to schedule')
         if any(t.scale is None for t in self._resizes):
-            raise ValueError('TrainScaleScheduleHook: a Resize of the training pipeline has '
+            raise PreflightError('TrainScaleScheduleHook: a Resize of the training pipeline has '
                              'no scale (it uses scale_factor); give it a scale')
         self._scales = [t.scale for t in self._resizes]
         self.ends = [round(runner.max_iters * m) for m in self.milestones]

@@ -6,7 +6,9 @@ import pytest
 from mmcv.transforms import Compose, Resize
 from torch.utils.data import DataLoader, Dataset
 
+from ddetr.engine.hooks.preflight_hook import PreflightError
 from ddetr.engine.hooks.train_scale_hook import TrainScaleScheduleHook
+from ddetr.utils import ConfigError
 
 
 class PipelineDataset(Dataset):
@@ -91,19 +93,19 @@ def test_every_resize_of_the_pipeline_is_scheduled():
 
 def test_loader_workers_are_refused_with_the_key_to_change():
     runner = make_runner([Resize(scale=(256, 256))], num_workers=2)
-    with pytest.raises(ValueError, match='train_dataloader.num_workers=0'):
+    with pytest.raises(PreflightError, match='train_dataloader.num_workers=0'):
         TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5]).before_train(runner)
 
 
 def test_a_resize_by_factor_is_refused():
     runner = make_runner([Resize(scale_factor=0.5)])
-    with pytest.raises(ValueError, match='scale_factor'):
+    with pytest.raises(PreflightError, match='scale_factor'):
         TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5]).before_train(runner)
 
 
 def test_a_pipeline_without_resize_is_refused():
     runner = make_runner([])
-    with pytest.raises(ValueError, match='no Resize'):
+    with pytest.raises(PreflightError, match='no Resize'):
         TrainScaleScheduleHook(ratios=[0.75], milestones=[0.5]).before_train(runner)
 
 
@@ -114,5 +116,5 @@ def test_a_pipeline_without_resize_is_refused():
                                     dict(ratios=[], milestones=[]),
                                     dict(ratios=[0.5, 0.75], milestones=[0.6, 0.3])])
 def test_bad_arguments_are_named(kwargs):
-    with pytest.raises(ValueError, match='TrainScaleScheduleHook'):
+    with pytest.raises(ConfigError, match='TrainScaleScheduleHook'):
         TrainScaleScheduleHook(**kwargs)
