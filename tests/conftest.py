@@ -1,4 +1,6 @@
 """Fixtures shared across the test tree."""
+import contextlib
+import io
 import os
 
 import pytest
@@ -33,3 +35,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def stops_in_one_line(main, argv, status: int = 1) -> str:
+    """Call a tool's ``main(argv)`` (decorated with :func:`ddetr.cli.entry_point`) with a
+    user's mistake: it must exit with ``status`` and one ``<tool>.py: error: ...`` message
+    on stderr, which is returned."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(stderr):
+        main(argv)
+    assert exited.value.code == status, stderr.getvalue()
+    message = stderr.getvalue().strip()
+    assert ': error' in message.splitlines()[-1] or ': error' in message.splitlines()[0], message
+    assert 'Traceback' not in message
+    return message
+
+
+@pytest.fixture
+def one_line_exit():
+    """:func:`stops_in_one_line`, for tests that call a tool's ``main`` in-process."""
+    return stops_in_one_line

@@ -2,14 +2,17 @@
 the workload compute-sanitizer checks, and the one summary. CPU-testable
 (tests/tools/test_check_gpu.py).
 
-    python tools/check_gpu.py arch            # prints TORCH_CUDA_ARCH_LIST, e.g. 9.0; exit 2 if no GPU
-    python tools/check_gpu.py workload        # the op forward+backward on edge cases (for memcheck)
-    python tools/check_gpu.py summary LOG...  # one summary from the steps' logs
+    python tools/check_gpu.py arch        # TORCH_CUDA_ARCH_LIST, e.g. 9.0; exit 2 without a GPU
+    python tools/check_gpu.py workload    # the op forward+backward on edge cases (for memcheck)
+    python tools/check_gpu.py summary LOG...   # one summary from the steps' logs
 """
 import argparse
 import re
 import sys
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cuda_arch(capability: Optional[Callable[[], Tuple[int, int]]] = None,

@@ -12,6 +12,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from ddetr import config as ddetr_config
+from ddetr.cli import entry_point
+from ddetr.errors import ConfigError
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 EPILOG = """\
@@ -101,7 +105,7 @@ def find_configs(paths: List[str]) -> List[str]:
         elif osp.isfile(path):
             found.append(path)
         else:
-            raise FileNotFoundError(f'no config file or folder: {path}')
+            raise ConfigError(f'no config file or folder: {path}')
     return list(dict.fromkeys(found))
 
 
@@ -194,9 +198,8 @@ def fps_shape(config: dict) -> Optional[Tuple[int, int]]:
 
 
 def load_config(path: str) -> dict:
-    """The config as a plain dict (``_base_`` resolved, custom modules not imported)."""
-    from mmengine.config import Config
-    return Config.fromfile(path, import_custom_modules=False).to_dict()
+    """The config as its runs read it (:func:`ddetr.config.load_config`), as a plain dict."""
+    return ddetr_config.load_config(path).to_dict()
 
 
 # --------------------------------------------------------------------------- results
@@ -579,12 +582,12 @@ def parse_args(argv=None):
     return args
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
     configs = [osp.abspath(c) for c in find_configs(args.configs)]
     if not configs:
-        print('no configs found', file=sys.stderr)
-        return 1
+        raise ConfigError(f'no configs (*.py not starting with _) in {" ".join(args.configs)}')
     work_dir = osp.abspath(args.work_dir)
     runs = [(c, osp.join(work_dir, osp.splitext(osp.basename(c))[0])) for c in configs]
     if args.print_commands:

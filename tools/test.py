@@ -18,15 +18,18 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+from mmengine.config import ConfigDict
+from mmengine.dist import is_main_process
+
+from ddetr.cli import add_cfg_options, add_trust_checkpoint, apply_trust_checkpoint, entry_point
+from ddetr.config import load_config
+from ddetr.engine import DdetrRunner, cpu_memory
+from ddetr.errors import CheckpointError, ConfigError
+from ddetr.setup_env import register_all_modules
 
 
 def parse_args(argv=None):
-    from ddetr.utils import add_trust_checkpoint_argument
     parser = argparse.ArgumentParser(
         description='Evaluate a ddetr checkpoint (COCO bbox metrics).', epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,11 +49,10 @@ def parse_args(argv=None):
     parser.add_argument('--classwise', action='store_true',
                         help='also a per-class table (AP, AP50, AP75, ground-truth '
                         'instances), printed and written to metrics.json under "classwise"')
-    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
-                        help='override config keys, e.g. test_dataloader.batch_size=2')
+    add_cfg_options(parser, 'test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher for distributed testing')
-    add_trust_checkpoint_argument(parser)
+    add_trust_checkpoint(parser)
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -59,12 +61,10 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    from mmengine.config import ConfigDict
-
-    from ddetr.utils import load_run_config
     if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
-    cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+        raise CheckpointError(f'checkpoint {args.checkpoint} does not exist')
+    cfg = load_config(args.config, args.cfg_options, work_dir=args.work_dir,
+                      launcher=args.launcher)
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
@@ -75,7 +75,7 @@ def build_config(args):
         hooks['visualization'] = vis
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out {args.out}: the file must end in .pkl')
+            raise ConfigError(f'--out {args.out}: the file must end in .pkl')
         cfg.test_evaluator = _as_list(cfg.test_evaluator) + [
             dict(type='DumpDetResults', out_file_path=args.out)]
     if args.classwise:
@@ -85,7 +85,7 @@ def build_config(args):
     if args.tta:
         for key in ('tta_model', 'tta_pipeline'):
             if key not in cfg:
-                raise KeyError(f'{args.config}: --tta needs `{key}` in the config '
+                raise ConfigError(f'{args.config}: --tta needs `{key}` in the config '
                                f'(see configs/table3/*_tta.py)')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
@@ -106,35 +106,15 @@ def classwise_results(runner):
     return None
 
 
+@entry_point
 def main(argv=None):
     args = parse_args(argv)
-    from mmengine.dist import is_main_process
-
-    from ddetr.datasets.transforms.loading import ImageLoadError
-    from ddetr.engine import CheckpointError, DdetrRunner, cpu_memory
-    from ddetr.engine.checkpoint import UntrustedCheckpointError
-    from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
-    apply_trust_checkpoint_argument(args)
-    try:
-        cfg = build_config(args)
-        cpu_memory.enabled()  # $DDETR_KEEP_FREED_MEMORY, read by the Runner
-    except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    from ddetr.utils import ConfigError
-    try:
-        runner = DdetrRunner.from_cfg(cfg)
-    except ConfigError as e:  # a misspelt or missing key or type of the config
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    try:
-        metrics = runner.test()
-    except (ImageLoadError, UntrustedCheckpointError, CheckpointError) as e:  # a bad image or
-        # checkpoint (not allow-listed, or not fitting the config's model)
-        sys.exit(f'tools/test.py: stopped: {e}')
-    except FileNotFoundError as e:  # e.g. the annotation file under the config's data_root
-        sys.exit(f'tools/test.py: stopped: {e} (check the paths in {args.config})')
-    except ConfigError as e:  # a misspelt key or type of what test() builds (evaluator...)
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
+    apply_trust_checkpoint(args)
+    cfg = build_config(args)
+    cpu_memory.enabled()  # $DDETR_KEEP_FREED_MEMORY, read by the Runner
+    runner = DdetrRunner.from_cfg(cfg)
+    metrics = runner.test()
     if is_main_process():
         metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
         targets = [osp.join(cfg.work_dir, 'metrics.json')] + (

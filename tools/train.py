@@ -13,15 +13,18 @@ Logs, checkpoints, the dumped config and TensorBoard scalars go to the work dir
 import argparse
 import os
 import os.path as osp
-import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+import torch
+from mmengine.config import ConfigDict
+
+from ddetr.cli import add_cfg_options, add_trust_checkpoint, apply_trust_checkpoint, entry_point
+from ddetr.config import load_config
+from ddetr.engine import DdetrRunner, cpu_memory
+from ddetr.errors import ConfigError
+from ddetr.setup_env import register_all_modules
 
 
 def parse_args(argv=None):
-    from ddetr.utils import add_trust_checkpoint_argument
     parser = argparse.ArgumentParser(
         description='Train a ddetr detector.', epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,12 +47,10 @@ def parse_args(argv=None):
                         help='deterministic algorithms only (torch.use_deterministic_algorithms'
                         ', cudnn.deterministic): the same seed gives the same run, slower on '
                         'GPU; an op without a deterministic path raises')
-    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
-                        help='override config keys, e.g. train_cfg.max_epochs=12 '
-                        'model.num_queries=100')
+    add_cfg_options(parser, 'train_cfg.max_epochs=12 model.num_queries=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher for distributed training')
-    add_trust_checkpoint_argument(parser)
+    add_trust_checkpoint(parser)
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -59,11 +60,8 @@ def parse_args(argv=None):
 
 def build_config(args):
     """The config with the command line applied."""
-    import torch
-    from mmengine.config import ConfigDict
-
-    from ddetr.utils import load_run_config
-    cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = load_config(args.config, args.cfg_options, work_dir=args.work_dir,
+                      launcher=args.launcher)
 
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -76,7 +74,7 @@ def build_config(args):
             cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise KeyError(f'{args.config}: --auto-scale-lr needs '
+            raise ConfigError(f'{args.config}: --auto-scale-lr needs '
                            f'auto_scale_lr=dict(base_batch_size=...) in the config')
         cfg.auto_scale_lr.enable = True
 
@@ -91,47 +89,19 @@ def build_config(args):
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume: checkpoint {args.resume} does not exist')
+            raise ConfigError(f'--resume: checkpoint {args.resume} does not exist')
         cfg.resume, cfg.load_from = True, args.resume
-
-    hooks = cfg.get('custom_hooks', None) or []
-    if not any(h.get('type') == 'FiniteLossHook' for h in hooks):
-        hooks = list(hooks) + [dict(type='FiniteLossHook')]
-    if not any(h.get('type') == 'PreflightHook' for h in hooks):  # checks before iteration 1
-        hooks = list(hooks) + [dict(type='PreflightHook')]
-    cfg.custom_hooks = list(hooks)
     return cfg
 
 
+@entry_point
 def main(argv=None):
     args = parse_args(argv)
-
-    from ddetr.engine import CheckpointError, DdetrRunner, cpu_memory
-    from ddetr.engine.checkpoint import UntrustedCheckpointError
-    from ddetr.utils import apply_trust_checkpoint_argument, register_all_modules
     register_all_modules(init_scope=False)
-    apply_trust_checkpoint_argument(args)
-    try:
-        cfg = build_config(args)
-        cpu_memory.enabled()  # $DDETR_KEEP_FREED_MEMORY, read by the Runner
-    except (FileNotFoundError, KeyError, ValueError) as e:  # a bad command line or config
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    from ddetr.utils import ConfigError
-    try:
-        runner = DdetrRunner.from_cfg(cfg)
-    except ConfigError as e:  # a misspelt or missing key or type of the config
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    from ddetr.engine import PreflightError
-    try:
-        runner.train()
-    except PreflightError as e:  # a config/data mistake found before the first iteration
-        sys.exit(f'{osp.basename(__file__)}: error (before training): {e}')
-    except ConfigError as e:  # a misspelt key or type of what train() builds (optimizer...)
-        sys.exit(f'{osp.basename(__file__)}: error: {e}')
-    except (UntrustedCheckpointError, CheckpointError) as e:  # load_from / --resume: a file
-        sys.exit(f'{osp.basename(__file__)}: stopped: {e}')  # not allow-listed or not fitting
-    except FileNotFoundError as e:  # e.g. the annotation file under the config's data_root
-        sys.exit(f'{osp.basename(__file__)}: stopped: {e} (check the paths in {args.config})')
+    apply_trust_checkpoint(args)
+    cfg = build_config(args)
+    cpu_memory.enabled()  # $DDETR_KEEP_FREED_MEMORY, read by the Runner
+    DdetrRunner.from_cfg(cfg).train()
 
 
 if __name__ == '__main__':

@@ -7,7 +7,13 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3,
                     save_best='coco/bbox_mAP', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
+    visualization=dict(type='DetVisualizationHook'),
+    # ddetr's checks, in every run built on this file (set one to None to switch it off):
+    # a NaN or inf loss stops training naming the iteration and every loss term
+    finite_loss=dict(type='FiniteLossHook'),
+    # before the first iteration: classes against the data, one val image through the
+    # pipeline, predict and the metric (a config or data mistake stops in seconds)
+    preflight=dict(type='PreflightHook'))
 
 env_cfg = dict(
     cudnn_benchmark=False,

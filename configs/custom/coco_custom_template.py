@@ -1,6 +1,6 @@
 # Your own COCO-format dataset: copy this file, change the names, train with
 #   python tools/train.py configs/custom/my_data.py
-# The names below are read by ddetr (ddetr/datasets/custom_data.py) and written into the
+# The names below are read by ddetr (ddetr/config/custom_data.py) and written into the
 # train/val/test dataloaders and evaluators; model.bbox_head.num_classes = len(classes).
 # Check the data first: python tools/misc/check_dataset.py ANN_FILE IMG_DIR
 _base_ = '../ddetr_r50_refine_twostage.py'  # any ddetr config: model, pipelines, schedule

@@ -10,40 +10,18 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from ddetr.config import config_errors_named, load_config
 from ddetr.datasets.transforms.loading import load_image
-from ddetr.engine.state_dict import (CheckpointError, check_state_dict_fits,  # noqa: F401
-                                     load_for_testing, state_dict_of)
-
-
-def load_config(config: Union[str, Config], cfg_options: Optional[Sequence[str]] = None,
-                num_classes: Optional[int] = None) -> Config:
-    """The config (a path or a Config copy) with ``--cfg-options`` KEY=VALUE strings and
-    ``num_classes`` applied, and the backbone's pretrained init removed (no download)."""
-    from ddetr.datasets.custom_data import apply_custom_data
-    from ddetr.utils import parse_cfg_options
-    if isinstance(config, Config):
-        cfg = copy.deepcopy(config)
-    else:
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config {config} does not exist')
-        cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(parse_cfg_options(cfg_options))
-    apply_custom_data(cfg)  # a custom dataset's classes set the head's num_classes
-    if 'model' not in cfg:
-        raise KeyError(f'config {getattr(cfg, "filename", config)} has no `model`')
-    if num_classes is not None:
-        cfg.model.bbox_head.num_classes = num_classes
-    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None  # pretrained weights come from the checkpoint
-    return cfg
+from ddetr.engine.checkpoint import load_checkpoint_file
+from ddetr.engine.state_dict import load_for_testing, state_dict_of
+from ddetr.errors import CheckpointError, ConfigError
+from ddetr.registry import DATASETS, MODELS
+from ddetr.setup_env import register_all_modules
 
 
 def build_detector(cfg: Config) -> nn.Module:
     """The config's model from ddetr's registry (mmdet's modules as fallback). A misspelt
-    or missing config key raises :class:`ddetr.utils.ConfigError` naming it."""
-    from ddetr.registry import MODELS
-    from ddetr.utils import config_errors_named, register_all_modules
+    or missing config key raises :class:`ddetr.errors.ConfigError` naming it."""
     register_all_modules()
     with config_errors_named():
         return MODELS.build(cfg.model)
@@ -53,15 +31,9 @@ def load_weights(model: nn.Module, checkpoint: str) -> dict:
     """Load an mmengine checkpoint (or a bare state dict) into ``model`` strictly, with
     safe unpickling (:func:`ddetr.engine.load_checkpoint_file`). Returns the checkpoint's
     ``meta`` (empty when it has none)."""
-    from ddetr.engine.checkpoint import UntrustedCheckpointError, load_checkpoint_file
     if not osp.isfile(checkpoint):
         raise CheckpointError(f'checkpoint {checkpoint} does not exist')
-    try:
-        ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
-    except UntrustedCheckpointError as e:
-        raise CheckpointError(str(e)) from None
-    except Exception as e:  # truncated, not a torch file...
-        raise CheckpointError(f'could not load checkpoint {checkpoint}: {e}') from None
+    ckpt = load_checkpoint_file(checkpoint, map_location='cpu')  # CheckpointError: named
     load_for_testing(model, state_dict_of(ckpt, checkpoint), checkpoint)
     meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
     return meta
@@ -75,7 +47,6 @@ def dataset_meta_of(cfg: Config, checkpoint_meta: Optional[dict] = None) -> dict
         return dict(meta)
     num_classes = cfg.model.bbox_head.num_classes
     dataset = cfg.get('test_dataloader', {}).get('dataset', {})
-    from ddetr.registry import DATASETS
     dataset_cls = DATASETS.get(dataset.get('type')) if dataset.get('type') else None
     metainfo = dict(getattr(dataset_cls, 'METAINFO', None) or {})
     metainfo.update(dataset.get('metainfo') or {})
@@ -106,7 +77,7 @@ def init_detector(config: Union[str, Config], checkpoint: Optional[str] = None,
     (``None`` or ``'none'``) the weights are the model's own random initialization, drawn
     with ``seed``. ``model.cfg`` is the config used and ``model.dataset_meta`` the class
     names."""
-    cfg = load_config(config, cfg_options, num_classes)
+    cfg = load_config(config, cfg_options, num_classes=num_classes, no_downloads=True)
     random_init = checkpoint is None or checkpoint.lower() == 'none'
     if random_init:
         torch.manual_seed(seed)
@@ -129,7 +100,7 @@ def build_test_pipeline(cfg: Config):
     pipeline = cfg.get('test_pipeline') or cfg.get('test_dataloader', {}).get(
         'dataset', {}).get('pipeline')
     if not pipeline:
-        raise KeyError(f'config {cfg.filename} has no test pipeline (test_pipeline or '
+        raise ConfigError(f'config {cfg.filename} has no test pipeline (test_pipeline or '
                        f'test_dataloader.dataset.pipeline)')
     steps = []
     for step in copy.deepcopy(list(pipeline)):

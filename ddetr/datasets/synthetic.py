@@ -35,6 +35,8 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 import cv2
 import numpy as np
 
+from ddetr.errors import ConfigError, DataError
+
 # Bump when the drawing changes, so that existing folders are regenerated.
 GENERATOR_VERSION = 2
 MANIFEST = 'synthetic_manifest.json'
@@ -346,10 +348,10 @@ def ensure_synthetic_coco(root: str, num_train: int = 2000, num_val: int = 200,
 
     Reuses the folder when its manifest records the same parameters and generator
     version; otherwise (re)generates both splits. A folder that has content but no
-    manifest is not ours and is never overwritten: that raises ``FileExistsError``.
+    manifest is not ours and is never overwritten: that raises :class:`ddetr.errors.DataError`.
     """
     if not 1 <= max_objects or not 0 < min_side <= max_side or not 0 <= min_visible < 1:
-        raise ValueError('need max_objects >= 1, 0 < min_side <= max_side, '
+        raise ConfigError('need max_objects >= 1, 0 < min_side <= max_side, '
                          '0 <= min_visible < 1')
     params = dict(version=GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
                   seed=int(seed), min_side=int(min_side), max_side=int(max_side),
@@ -361,7 +363,7 @@ def ensure_synthetic_coco(root: str, num_train: int = 2000, num_val: int = 200,
             return _paths(root)
         foreign = [n for n in os.listdir(root) if n not in ('.generate.lock', MANIFEST)]
         if manifest is None and foreign:
-            raise FileExistsError(
+            raise DataError(
                 f'{root} is not empty and has no {MANIFEST}: it is not a ddetr synthetic '
                 f'dataset, so it is left alone. Choose an empty or new folder.')
         for name in ('train', 'val', 'annotations'):

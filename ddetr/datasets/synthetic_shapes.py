@@ -3,6 +3,7 @@ machinery, generated on first use so that a config alone gets a user from nothin
 training."""
 from typing import Optional
 
+from ddetr.errors import ConfigError
 from ddetr.registry import DATASETS
 from .safe_coco import SafeCocoDataset
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, ensure_synthetic_coco
@@ -28,7 +29,7 @@ class SyntheticShapesDataset(SafeCocoDataset):
                  **kwargs) -> None:
         if synthetic is not None:
             if not data_root:
-                raise ValueError('SyntheticShapesDataset(synthetic=...) needs data_root: '
+                raise ConfigError('SyntheticShapesDataset(synthetic=...) needs data_root: '
                                  'the folder to generate the dataset in')
             ensure_synthetic_coco(data_root, **synthetic)
         super().__init__(*args, data_root=data_root, **kwargs)

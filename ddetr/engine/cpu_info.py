@@ -3,8 +3,9 @@
 Two-core boxes of the same size differ most in how they compute bfloat16: with AMX tiles
 oneDNN's bfloat16 matmuls run about 10x faster than with AVX-512 BF16 instructions alone
 (a (5440 x 128) . (128 x 512) matmul: 0.34 against 3.7 ms), which changes where a training
-step's time goes and so every speed ratio (README, "Results": the quick start trained
-1.43x faster than the first one on an AVX-512 box, 1.29x on an AMX one). The benchmark
+step's time goes and so every speed ratio (docs/results.md lists the machine kinds: the
+quick start trained 1.43x faster than the first one on an AVX-512 box, 1.29x on an AMX
+one). The benchmark
 and profiling tools print this line so that their numbers say which kind they come from.
 """
 import os

@@ -5,7 +5,7 @@ defaults hand large blocks back to the kernel when they are freed (``mmap``/``mu
 above a threshold, trimming the top of the heap), so the next iteration's tensor of the
 same size starts as untouched pages: every 4 KiB page costs a page fault and the kernel's
 zeroing on its first write: 3,000-37,000 page faults a quick-start training step, a few
-hundred with this setting (README, "Results").
+hundred with this setting (docs/performance.md).
 
 :func:`keep_freed_memory` raises glibc's ``mmap`` threshold to its maximum (32 MiB) and
 turns off trimming, so blocks up to 32 MiB are reused from the heap. The process keeps its
@@ -18,6 +18,8 @@ import ctypes.util
 import os
 import sys
 from typing import Optional
+
+from ddetr.errors import ConfigError
 
 ENV = 'DDETR_KEEP_FREED_MEMORY'
 
@@ -43,11 +45,11 @@ def _glibc():
 
 
 def enabled() -> bool:
-    """``$DDETR_KEEP_FREED_MEMORY`` read: False for 0, True for 1 or unset, else ValueError
+    """``$DDETR_KEEP_FREED_MEMORY`` read: False for 0, True for 1 or unset, else ConfigError
     (the tools call this while checking their command line, to stop with one line)."""
     setting = os.environ.get(ENV, '1').strip() or '1'
     if setting not in ('0', '1'):
-        raise ValueError(f'{ENV}={os.environ[ENV]!r}: expected 0 (glibc malloc defaults) or 1 '
+        raise ConfigError(f'{ENV}={os.environ[ENV]!r}: expected 0 (glibc malloc defaults) or 1 '
                          f'(keep freed memory, the default)')
     return setting == '1'
 
@@ -71,3 +73,13 @@ def keep_freed_memory() -> str:
                 f'(fewer page faults; {ENV}=0 turns this off)' if ok else
                 f'CPU memory: glibc {version} refused the malloc settings; defaults kept')
     return _applied
+
+
+def process_status_kb(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``...): the benchmarks'
+    resident-set and peak measurements."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not in /proc/self/status')

@@ -2,8 +2,10 @@
 from typing import List
 
 from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIMIZERS
 from torch import nn
 
+from ddetr.config import unregistered_type_error
 from ddetr.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 
@@ -33,9 +35,6 @@ class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         # mmengine's constructor looks the optimizer up without checking: a misspelt type
         # would fail later as "None is not a callable object"
-        from mmengine.registry import OPTIMIZERS
-
-        from ddetr.utils import unregistered_type_error
         optimizer_type = self.optimizer_cfg.get('type')
         if isinstance(optimizer_type, str):
             with OPTIMIZERS.switch_scope_and_registry(None) as registry:

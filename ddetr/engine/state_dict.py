@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from ddetr.errors import CheckpointError
+
 # The layers whose shape follows the number of classes: the head's classification
 # branches (one per decoder layer, plus the encoder's proposal branch in two-stage).
 CLASS_LAYER_PREFIXES = ('bbox_head.cls_branches.',)
@@ -21,12 +23,9 @@ CLASS_LAYER_PREFIXES = ('bbox_head.cls_branches.',)
 CONVERTERS = (
     'python tools/model_converters/official2ddetr.py ORIGINAL.pth CONVERTED.pth  '
     '(original Deformable DETR release)\n'
-    '  python tools/model_converters/mmdet2ddetr.py MMDET.pth CONVERTED.pth  (MMDetection)')
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model; the message names
-    the file."""
+    '  python tools/model_converters/mmdet2ddetr.py MMDET.pth CONVERTED.pth  (MMDetection)\n'
+    '  python tools/model_converters/hf2ddetr.py HF_DIR CONVERTED.pth  '
+    '(Hugging Face transformers folder)')
 
 
 def state_dict_of(checkpoint, path: str) -> Dict[str, torch.Tensor]:
@@ -49,6 +48,9 @@ def source_of(keys) -> Optional[str]:
     keys = list(keys)
     if any(k.startswith(('backbone.0.body.', 'transformer.level_embed')) for k in keys):
         return 'the original Deformable DETR release'
+    if any(k.startswith(('model.backbone.conv_encoder.', 'model.backbone.model.',
+                         'model.level_embed')) for k in keys):
+        return "Hugging Face transformers' DeformableDetrForObjectDetection"
     # MMDetection keeps the FFN in ffn.layers, the norms in norms.i and the box MLP as a
     # Sequential (reg_branches.i.0/2/4); ddetr has linear1/2, norm1..3 and layers.0/1/2
     if any('.ffn.layers.' in k or '.norms.' in k for k in keys) or any(

@@ -12,6 +12,7 @@ from mmdet.evaluation.metrics import CocoMetric
 from mmengine.fileio import load
 from mmengine.logging import MMLogger
 
+from ddetr.errors import ConfigError
 from ddetr.registry import METRICS
 
 # mmdet's CocoMetric reads pycocotools' 12 stats by these names, which assume maxDets
@@ -39,7 +40,7 @@ class Coco12Metric(CocoMetric):
     def __init__(self, classwise: bool = False, **kwargs):
         for key in ('proposal_nums', 'metric_items'):
             if key in kwargs:
-                raise ValueError(f'Coco12Metric fixes {key}; use mmdet\'s CocoMetric to set it')
+                raise ConfigError(f'Coco12Metric fixes {key}; use mmdet\'s CocoMetric to set it')
         super().__init__(proposal_nums=(1, 10, 100),
                          metric_items=_AP_NAMES + list(_AR_NAMES), classwise=False, **kwargs)
         self.per_class = classwise

@@ -7,24 +7,17 @@ same op on the gradient, so no mask is stored, and one pass over memory does wha
 CPU dropout does in three (``bernoulli_`` into a float mask, its rescale, the multiply):
 about 4x less time for the same tensor, and no mask tensor between forward and backward.
 
-``Dropout`` is ``nn.Dropout`` with that kernel for CPU tensors in training mode. It draws
-each call's seed from torch's default generator, so ``torch.manual_seed`` makes runs
-reproducible and activation checkpointing (which saves and restores that generator)
-replays the same mask in its recomputation. The masks differ from torch's (another
-generator), their distribution does not: each element kept with probability 1 - p (to
-2**-32), independently. Elsewhere (CUDA, whose dropout is already one fused kernel; no
-compiled op; inplace; TorchScript / ONNX tracing; inside torch.compile, whose generated
-code has its own dropout) it is ``nn.Dropout`` itself.
+The model's dropout layers use it on CPU through :class:`ddetr.models.fast_paths.Dropout`
+(``nn.Dropout`` elsewhere, and when the fast paths are switched off).
 """
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .ms_deform_attn import _C, _tracing
+from .extension import _C
 
 HAS_COUNTER_DROPOUT = _C is not None and hasattr(torch.ops.ddetr, 'counter_dropout')
 
-__all__ = ['Dropout', 'counter_dropout', 'HAS_COUNTER_DROPOUT']
+__all__ = ['counter_dropout', 'HAS_COUNTER_DROPOUT']
 
 
 def counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
@@ -35,19 +28,6 @@ def counter_dropout(x: Tensor, p: float, seed: int) -> Tensor:
     if not HAS_COUNTER_DROPOUT:
         raise RuntimeError('counter_dropout needs the compiled ddetr._C, which is missing')
     return torch.ops.ddetr.counter_dropout(x, float(p), int(seed))
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` (same arguments, state and repr) with ``counter_dropout`` on the CPU."""
-
-    def forward(self, input: Tensor) -> Tensor:
-        if (not self.training or self.inplace or not 0.0 < self.p < 1.0
-                or input.device.type != 'cpu' or not HAS_COUNTER_DROPOUT or _tracing()
-                or torch.compiler.is_compiling()):
-            return F.dropout(input, self.p, self.training, self.inplace)
-        # one draw from torch's default CPU generator (which it advances)
-        seed = int(torch.randint(1 << 62, (), dtype=torch.int64, device='cpu'))
-        return torch.ops.ddetr.counter_dropout(input, self.p, seed)
 
 
 if HAS_COUNTER_DROPOUT:

@@ -5,7 +5,9 @@ import os.path as osp
 import pytest
 import torch
 
-from ddetr.apis.inference import CheckpointError, build_detector, load_config, load_weights
+from ddetr.apis.inference import build_detector, load_weights
+from ddetr.config import load_config
+from ddetr.errors import CheckpointError
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
@@ -25,6 +27,9 @@ def model():
     ({'transformer.level_embed': torch.zeros(4, 256),
       'backbone.0.body.conv1.weight': torch.zeros(64, 3, 7, 7)},
      'original Deformable DETR release'),
+    ({'model.level_embed': torch.zeros(4, 256),
+      'model.backbone.conv_encoder.model.conv1.weight': torch.zeros(64, 3, 7, 7)},
+     "Hugging Face transformers' DeformableDetrForObjectDetection"),
 ])
 def test_refuses_unloaded_checkpoint_with_converter_hint(model, tmp_path, state_dict, hint):
     path = str(tmp_path / 'bad.pth')
@@ -35,6 +40,7 @@ def test_refuses_unloaded_checkpoint_with_converter_hint(model, tmp_path, state_
     assert hint in message
     assert 'ddetr_tiny_synthetic.py' in message
     assert 'official2ddetr.py' in message and 'mmdet2ddetr.py' in message
+    assert 'hf2ddetr.py' in message
     assert f'0 of its {len(model.state_dict())}' in message
     assert len(message) < 1500
 
@@ -46,9 +52,7 @@ def test_own_checkpoint_still_loads(model, tmp_path):
 
 
 def test_refuses_an_unconverted_mmdet_checkpoint_naming_mmdetection(tmp_path):
-    import sys
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
-    from mmdet_equivalent import build_mmdet_model
+    from ddetr.converters.mmdet_equivalent import build_mmdet_model
     cfg = load_config(QUICKSTART, TINY + ['model.as_two_stage=False'])
     mmdet_model = build_mmdet_model(cfg.model.to_dict(), seed=0)
     model = build_detector(cfg)

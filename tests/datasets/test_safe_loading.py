@@ -12,7 +12,7 @@ from mmengine.logging import MMLogger
 from torch.utils.data import DataLoader
 
 from ddetr.datasets import ImageLoadError, LoadImageFromFileSafe, SafeCocoDataset, load_image
-from ddetr.utils import register_all_modules
+from ddetr.setup_env import register_all_modules
 
 W, H = 24, 16  # every image in the tiny set
 

@@ -12,7 +12,8 @@ from ddetr.datasets import (SYNTHETIC_CLASSES, SyntheticShapesDataset,
                             ensure_synthetic_coco)
 from ddetr.datasets.synthetic import MANIFEST, _image_rng, render_image
 from ddetr.registry import DATASETS
-from ddetr.utils import register_all_modules
+from ddetr.errors import DataError
+from ddetr.setup_env import register_all_modules
 
 TINY = dict(num_train=4, num_val=3, seed=3, min_side=64, max_side=96, progress=False)
 
@@ -76,7 +77,7 @@ def test_reuse_regenerate_and_refuse(tmp_path):
     foreign = tmp_path / 'mine'
     foreign.mkdir()
     (foreign / 'keep.txt').write_text('user data')
-    with pytest.raises(FileExistsError, match='not a ddetr synthetic dataset'):
+    with pytest.raises(DataError, match='not a ddetr synthetic dataset'):
         ensure_synthetic_coco(str(foreign), **TINY)
     assert (foreign / 'keep.txt').read_text() == 'user data'
 

@@ -5,23 +5,7 @@ import pytest
 import torch
 
 from ddetr.models.utils import (average_across_processes, box_cxcywh_to_xyxy,
-                                box_xyxy_to_cxcywh, inverse_sigmoid, offset_boxes,
-                                zero_masked)
-
-
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_zero_masked_is_masked_fill_with_zero(dtype):
-    torch.manual_seed(0)
-    x = torch.randn(2, 7, 5).to(dtype).requires_grad_()
-    mask = torch.rand(2, 7, 1) < 0.4
-    assert mask.any() and not mask.all()
-    out = zero_masked(x, mask)
-    expected = x.masked_fill(mask, 0.0)
-    assert out.dtype == dtype and torch.equal(out, expected)  # -0.0 == 0.0
-    grad = torch.randn_like(out)
-    got, = torch.autograd.grad(out, x, grad)
-    want, = torch.autograd.grad(expected, x, grad)
-    assert torch.equal(got, want)
+                                box_xyxy_to_cxcywh, inverse_sigmoid, offset_boxes)
 
 
 def test_inverse_sigmoid_clamps_at_eps():

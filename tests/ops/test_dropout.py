@@ -1,5 +1,6 @@
-"""ddetr.ops.Dropout / counter_dropout: nn.Dropout's distribution, a mask that is a pure
-function of (seed, element), its own backward, and replay under activation checkpointing."""
+"""ddetr.ops.counter_dropout: nn.Dropout's distribution, a mask that is a pure function of
+(seed, element) and its own backward (the module that uses it, fast_paths.Dropout, is
+tested in tests/models/test_fast_paths.py)."""
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from ddetr.ops import HAS_COUNTER_DROPOUT, Dropout, counter_dropout
+from ddetr.ops import HAS_COUNTER_DROPOUT, counter_dropout
 
 compiled_only = pytest.mark.skipif(not HAS_COUNTER_DROPOUT, reason='ddetr._C is not built')
 
@@ -92,52 +93,3 @@ def test_bad_arguments_raise_errors_that_name_them():
         counter_dropout(torch.ones(4), -0.1, 0)
     with pytest.raises(TypeError, match='floating point'):
         counter_dropout(torch.ones(4, dtype=torch.int64), 0.1, 0)
-
-
-def test_module_follows_torch_seed_and_training_mode():
-    drop = Dropout(0.2)
-    x = torch.randn(10_000)
-    torch.manual_seed(0)
-    a = drop(x)
-    b = drop(x)
-    torch.manual_seed(0)
-    assert torch.equal(drop(x), a)  # reproducible from torch's seed ...
-    assert not torch.equal(a, b)    # ... and a new mask every call
-    assert abs((a == 0).float().mean().item() - 0.2) < 0.02
-    drop.eval()
-    assert drop(x) is x
-    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))  # p = 1: nn.Dropout's own
-    assert repr(drop) == repr(torch.nn.Dropout(0.2)) and drop.state_dict() == {}
-
-
-def test_module_is_replayed_by_activation_checkpointing():
-    """The recomputation in the backward draws the same mask as the forward did."""
-    lin1, drop, lin2 = torch.nn.Linear(16, 64), Dropout(0.3), torch.nn.Linear(64, 16)
-
-    def block(t):
-        return lin2(drop(F.relu(lin1(t))))
-
-    x = torch.randn(32, 16, requires_grad=True)
-    grads = []
-    for with_cp in (False, True):
-        torch.manual_seed(4)
-        out = cp.checkpoint(block, x, use_reentrant=False) if with_cp else block(x)
-        grads.append(torch.autograd.grad(out.square().sum(), (x, lin1.weight, lin2.weight)))
-    for plain, checkpointed in zip(*grads):
-        assert torch.equal(plain, checkpointed)
-
-
-@compiled_only
-def test_module_uses_the_counter_kernel_on_the_cpu():
-    """Its mask is counter_dropout's for the seed it draws from torch's generator."""
-    x = torch.randn(5000)
-    torch.manual_seed(1)
-    seed = int(torch.randint(1 << 62, (), dtype=torch.int64))
-    torch.manual_seed(1)
-    assert torch.equal(Dropout(0.4)(x), counter_dropout(x, 0.4, seed))
-
-
-def test_module_compiles_without_graph_breaks():
-    drop = Dropout(0.5)
-    out = torch.compile(drop, fullgraph=True, backend='eager')(torch.ones(1000))
-    assert set(out.unique().tolist()) <= {0.0, 2.0} and 300 < int((out == 0).sum()) < 700

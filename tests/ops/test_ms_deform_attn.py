@@ -10,8 +10,7 @@ import torch
 from ddetr.ops import (BACKEND_ENV, HAS_COMPILED_OP, check_level_shapes, ms_deform_attn,
                        ms_deform_attn_pytorch, msda_backend)
 
-# The module, not the function of the same name that ddetr.ops re-exports.
-msda_module = sys.modules['ddetr.ops.ms_deform_attn']
+from ddetr.ops import extension, msda_fallback
 
 # Tests of the kernel itself (its ISA paths, its raw C++ op and work split, its comparison
 # with the fallback) need the extension; every behavioural test runs on both backends.
@@ -380,16 +379,16 @@ def test_fallback_equals_kernel():
 @compiled_only  # tests backend 'auto' choosing the fallback when the kernel is missing
 def test_fallback_is_used_with_one_warning_when_no_kernel(monkeypatch):
     calls = []
-    monkeypatch.setattr(msda_module, '_has_kernel', lambda device: False)
-    monkeypatch.setattr(msda_module, '_warned', False)
-    real_fallback = msda_module.ms_deform_attn_pytorch
-    monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
+    monkeypatch.setattr(extension, 'has_kernel', lambda device: False)
+    monkeypatch.setattr(extension, '_warned', False)
+    real_fallback = msda_fallback.ms_deform_attn_pytorch
+    monkeypatch.setattr(msda_fallback, 'ms_deform_attn_pytorch',
                         lambda *a: calls.append(1) or real_fallback(*a))
     inputs = make_inputs()
     with warnings.catch_warnings(record=True) as caught, msda_backend('auto'):
         warnings.simplefilter('always')
-        out1 = msda_module.ms_deform_attn(*inputs)
-        out2 = msda_module.ms_deform_attn(*inputs)
+        out1 = ms_deform_attn(*inputs)
+        out2 = ms_deform_attn(*inputs)
     assert len(calls) == 2
     assert len([w for w in caught if 'pure-PyTorch' in str(w.message)]) == 1
     torch.testing.assert_close(out1, reference(*inputs))
@@ -399,12 +398,12 @@ def test_fallback_is_used_with_one_warning_when_no_kernel(monkeypatch):
 @compiled_only  # tests the compiled op's switch to the fallback under ONNX export
 def test_onnx_export_traces_the_fallback(monkeypatch):
     calls = []
-    real_fallback = msda_module.ms_deform_attn_pytorch
-    monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
+    real_fallback = msda_fallback.ms_deform_attn_pytorch
+    monkeypatch.setattr(msda_fallback, 'ms_deform_attn_pytorch',
                         lambda *a: calls.append(1) or real_fallback(*a))
     monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
     with msda_backend('auto'):
-        msda_module.ms_deform_attn(*make_inputs())
+        ms_deform_attn(*make_inputs())
     assert calls == [1]
 
 
@@ -437,11 +436,10 @@ def test_kernel_choice_for_cuda_traces_without_a_graph_break():
     # On a GPU the op asks whether ddetr._C has a CUDA kernel while torch.compile traces it;
     # a call into the extension there broke fullgraph=True (seen on an H200). The same
     # question, traced here for a CUDA device on any machine:
-    module = sys.modules['ddetr.ops.ms_deform_attn']
     torch._dynamo.reset()
 
     def fn(x):
-        return x + 1 if module._has_kernel(torch.device('cuda')) else x - 1
+        return x + 1 if extension.has_kernel(torch.device('cuda')) else x - 1
 
     expected = fn(torch.ones(2))
     torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend='eager')(
@@ -577,35 +575,35 @@ def test_autocast_runs_in_float32(backend):
 
 def test_backend_selection_by_env_var_and_context_manager(monkeypatch):
     calls = []
-    real_fallback = msda_module._grid_sample_impl
-    monkeypatch.setattr(msda_module, '_grid_sample_impl',
+    real_fallback = msda_fallback._grid_sample_impl
+    monkeypatch.setattr(msda_fallback, '_grid_sample_impl',
                         lambda *a: calls.append(1) or real_fallback(*a))
     inputs = make_inputs()
     monkeypatch.setenv(BACKEND_ENV, 'pytorch')
-    assert 'active backend: pytorch' in msda_module.backend_info()
-    msda_module.ms_deform_attn(*inputs)
+    assert 'active backend: pytorch' in extension.backend_info()
+    ms_deform_attn(*inputs)
     assert calls == [1]
     if HAS_COMPILED_OP:
         with msda_backend('compiled'):  # the context manager wins over the env var
-            assert 'active backend: compiled' in msda_module.backend_info()
-            msda_module.ms_deform_attn(*inputs)
+            assert 'active backend: compiled' in extension.backend_info()
+            ms_deform_attn(*inputs)
         assert calls == [1]
     monkeypatch.setenv(BACKEND_ENV, 'cuda-fast')
     with pytest.raises(ValueError, match='auto, compiled, pytorch'):
-        msda_module.ms_deform_attn(*inputs)
+        ms_deform_attn(*inputs)
     with pytest.raises(ValueError, match='auto, compiled, pytorch'):
         with msda_backend('grid'):
             pass
 
 
 def test_compiled_backend_without_extension_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(msda_module, 'HAS_COMPILED_OP', False)
+    monkeypatch.setattr(extension, 'HAS_COMPILED_OP', False)
     with pytest.raises(RuntimeError, match='ddetr._C could not be imported.*build_ext'):
         with msda_backend('compiled'):
             pass
     monkeypatch.setenv(BACKEND_ENV, 'compiled')
     with pytest.raises(RuntimeError, match='backend "compiled"'):
-        msda_module.ms_deform_attn(*make_inputs())
+        ms_deform_attn(*make_inputs())
 
 
 def test_check_level_shapes():

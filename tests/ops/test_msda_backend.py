@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-from ddetr.ops import level_shapes, level_starts, msda_backend
+from ddetr.ops import level_shapes, level_starts, ms_deform_attn, msda_backend
 
-msda_module = sys.modules['ddetr.ops.ms_deform_attn']  # the module, not the function
+from ddetr.ops import extension, msda_fallback
 
 
 def make_inputs():
@@ -24,34 +24,34 @@ def make_inputs():
 @pytest.fixture
 def count_fallback(monkeypatch):
     calls = []
-    real = msda_module.ms_deform_attn_pytorch
-    monkeypatch.setattr(msda_module, 'ms_deform_attn_pytorch',
+    real = msda_fallback.ms_deform_attn_pytorch
+    monkeypatch.setattr(msda_fallback, 'ms_deform_attn_pytorch',
                         lambda *a: calls.append(1) or real(*a))
     monkeypatch.delenv('DDETR_MSDA_BACKEND', raising=False)
     return calls
 
 
-@pytest.mark.skipif(not msda_module.HAS_COMPILED_OP, reason='needs the compiled op')
+@pytest.mark.skipif(not extension.HAS_COMPILED_OP, reason='needs the compiled op')
 def test_context_manager_forces_the_pytorch_path_and_restores(count_fallback):
     inputs = make_inputs()
-    msda_module.ms_deform_attn(*inputs)
+    ms_deform_attn(*inputs)
     assert count_fallback == []  # the compiled kernel by default
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # a chosen backend is no "fallback" warning
         with msda_backend('pytorch'):
-            out = msda_module.ms_deform_attn(*inputs)
+            out = ms_deform_attn(*inputs)
     assert count_fallback == [1]
-    torch.testing.assert_close(out, msda_module.ms_deform_attn(*inputs))
+    torch.testing.assert_close(out, ms_deform_attn(*inputs))
     assert count_fallback == [1]  # back to the kernel after the block
 
 
-@pytest.mark.skipif(not msda_module.HAS_COMPILED_OP, reason='needs the compiled op')
+@pytest.mark.skipif(not extension.HAS_COMPILED_OP, reason='needs the compiled op')
 def test_environment_variable(count_fallback, monkeypatch):
     monkeypatch.setenv('DDETR_MSDA_BACKEND', 'pytorch')
-    msda_module.ms_deform_attn(*make_inputs())
+    ms_deform_attn(*make_inputs())
     assert count_fallback == [1]
     with msda_backend('auto'):  # the context manager wins over the variable
-        msda_module.ms_deform_attn(*make_inputs())
+        ms_deform_attn(*make_inputs())
     assert count_fallback == [1]
 
 
@@ -61,7 +61,7 @@ def test_unknown_backend_is_named(monkeypatch):
             pass
     monkeypatch.setenv('DDETR_MSDA_BACKEND', 'nope')
     with pytest.raises(ValueError, match='DDETR_MSDA_BACKEND'):
-        msda_module.ms_deform_attn(*make_inputs())
+        ms_deform_attn(*make_inputs())
 
 
 def test_level_shapes_are_ints_or_symbolic_while_tracing(monkeypatch):

@@ -1,14 +1,12 @@
-"""The analysis tools and the demo, on a shrunken quick-start model (random weights) and
-small generated images: model_complexity (the op's FLOPs, parameter counts),
-vis_sampling_points (what is captured, pixel conversion, the picture), demo (drawn
-detections, clear errors), benchmark_model (a smoke run against mmdet) and the mmdet
-equivalent it builds, benchmark_op's floor, benchmark_dropout and profile_step."""
-import importlib.util
+"""The analysis tools, on a shrunken quick-start model (random weights) and small generated
+images: model_complexity (the op's FLOPs, parameter counts), vis_sampling_points (what is
+captured, pixel conversion, the picture), benchmark_model (a smoke run against mmdet) and
+the mmdet equivalent it builds, benchmark_op's floor, benchmark_dropout and profile_step.
+(The demo's tests: tests/tools/test_demo.py.)"""
 import json
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import cv2
@@ -17,13 +15,15 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from ddetr.apis import CheckpointError, build_detector, init_detector, load_config
+from conftest import stops_in_one_line
+from ddetr.apis import build_detector, init_detector
+from ddetr.config import load_config
+from ddetr.errors import ConversionError
 from ddetr.ops import HAS_COMPILED_OP, HAS_COUNTER_DROPOUT
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
 import amp_geometry_error  # noqa: E402
 import benchmark_dropout  # noqa: E402
 import benchmark_model  # noqa: E402
@@ -31,14 +31,9 @@ import benchmark_op  # noqa: E402
 import model_complexity  # noqa: E402
 import profile_step  # noqa: E402
 import vis_sampling_points as vis  # noqa: E402
-from converter_utils import ConversionError  # noqa: E402
-from mmdet_equivalent import mmdet_model_cfg  # noqa: E402
+from ddetr.converters.mmdet_equivalent import mmdet_model_cfg  # noqa: E402
 from test_train_test import write_config  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location('ddetr_demo_tool',
-                                               osp.join(ROOT, 'tools', 'demo.py'))
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -148,8 +143,8 @@ def test_complexity_cli(tiny_config, capsys):
     with pytest.raises(SystemExit):
         model_complexity.parse_args(['--help'])
     assert 'multiply-add is ONE FLOP' in capsys.readouterr().out
-    assert model_complexity.main(['missing.py']) == 1
-    assert 'config missing.py does not exist' in capsys.readouterr().err
+    assert 'config missing.py does not exist' in stops_in_one_line(model_complexity.main,
+                                                                   ['missing.py'])
 
 
 def test_complexity_json_without_flops(tmp_path, capsys):
@@ -247,92 +242,10 @@ def test_vis_tool_writes_the_figure(tiny_config, image, tmp_path, capsys):
     m = re.search(r'reference point \(([\d.]+), ([\d.]+)\)', printed)
     assert (float(m[1]), float(m[2])) == ((45 // stride + 0.5) * stride,
                                           (55 // stride + 0.5) * stride) == (46.0, 54.0)
-    assert vis.main([tiny_config, 'none', image, '--query-index', '10',
-                     '--out', str(out)]) == 1
-    assert '--query-index 10: the model has 10 object queries' in capsys.readouterr().err
-    assert vis.main([tiny_config, 'none', str(tmp_path / 'nope.jpg'), '--out', str(out)]) == 1
-    assert f'image file not found: {tmp_path / "nope.jpg"}' in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------ demo
-@pytest.fixture(scope='module')
-def checkpoint(tiny_config, tmp_path_factory):
-    model = init_detector(tiny_config, None)
-    path = tmp_path_factory.mktemp('ckpt') / 'tiny.pth'
-    torch.save({'state_dict': model.state_dict(),
-                'meta': {'dataset_meta': {'classes': tuple(f'thing{i}' for i in range(6))}}},
-               path)
-    return str(path)
-
-
-def test_demo_draws_detections(tiny_config, image, checkpoint, tmp_path, capsys):
-    out = tmp_path / 'pred.jpg'
-    assert demo.main([image, tiny_config, checkpoint, '--out', str(out),
-                      '--score-thr', '0']) == 0
-    printed = capsys.readouterr().out
-    # all 10 queries x 6 classes (max_per_img 100), named by the checkpoint's classes
-    assert '60 detections >= 0.0' in printed and 'thing0' in printed
-    drawn, original = cv2.imread(str(out)), cv2.imread(image)
-    assert drawn.shape == original.shape
-    assert np.abs(drawn.astype(int) - original.astype(int)).max() > 50  # boxes were drawn
-    # the same detections through the API, in original-image pixels
-    from ddetr.apis import inference_detector
-    model = init_detector(tiny_config, checkpoint)
-    pred = inference_detector(model, image).pred_instances
-    assert pred.bboxes.shape == (60, 4) and float(pred.bboxes[:, 2].max()) <= 128
-    # an image already decoded (BGR, as cv2 reads it) gives the same detections
-    from_array = inference_detector(model, original).pred_instances
-    for key in ('bboxes', 'scores', 'labels'):
-        assert torch.equal(from_array[key], pred[key]), key
-    # nothing above a threshold of 1: the image comes out unchanged (up to JPEG)
-    assert demo.main([image, tiny_config, checkpoint, '--out', str(out),
-                      '--score-thr', '1.01']) == 0
-    assert '0 detections' in capsys.readouterr().out
-
-
-def test_demo_folder_skips_a_corrupt_image(tiny_config, checkpoint, tmp_path, capsys):
-    folder = tmp_path / 'images'
-    folder.mkdir()
-    write_image(folder / 'a.jpg', 80, 100, seed=1)
-    write_image(folder / 'b.png', 90, 70, seed=2)
-    (folder / 'broken.jpg').write_bytes(b'not a jpeg')
-    (folder / 'notes.txt').write_text('ignored')
-    out = tmp_path / 'out'
-    assert demo.main([str(folder), tiny_config, checkpoint, '--out', str(out)]) == 1
-    assert sorted(os.listdir(out)) == ['a.jpg', 'b.png']
-    err = capsys.readouterr().err
-    assert f'cannot decode image file {folder / "broken.jpg"}' in err
-
-
-def test_demo_errors_name_the_file(tiny_config, image, checkpoint, tmp_path, capsys):
-    out = str(tmp_path / 'o.jpg')
-    missing = str(tmp_path / 'missing.pth')
-    assert demo.main([image, tiny_config, missing, '--out', out]) == 1
-    assert f'checkpoint {missing} does not exist' in capsys.readouterr().err
-    corrupt = tmp_path / 'corrupt.pth'
-    corrupt.write_bytes(b'\x00garbage')
-    assert demo.main([image, tiny_config, str(corrupt), '--out', out]) == 1
-    assert f'could not load checkpoint {corrupt}' in capsys.readouterr().err
-    other = tmp_path / 'other.pth'  # a checkpoint of another model (8 classes)
-    torch.save({'state_dict': init_detector(tiny_config, None, num_classes=8).state_dict()},
-               other)
-    assert demo.main([image, tiny_config, str(other), '--out', out]) == 1
-    err = capsys.readouterr().err
-    assert f'checkpoint {other} does not fit the model' in err
-    assert 'bbox_head.cls_branches.0.weight' in err
-    with pytest.raises(CheckpointError, match='does not fit'):
-        init_detector(tiny_config, str(other))
-
-
-def test_demo_command_line_error_has_no_traceback(tiny_config, checkpoint, tmp_path):
-    missing = str(tmp_path / 'missing.jpg')
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'demo.py'), missing,
-                           tiny_config, checkpoint, '--out', str(tmp_path / 'o.jpg')],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert proc.returncode == 1
-    assert f'image file not found: {missing}' in proc.stderr
-    assert 'Traceback' not in proc.stderr
+    assert '--query-index 10: the model has 10 object queries' in stops_in_one_line(
+        vis.main, [tiny_config, 'none', image, '--query-index', '10', '--out', str(out)])
+    assert f'image file not found: {tmp_path / "nope.jpg"}' in stops_in_one_line(
+        vis.main, [tiny_config, 'none', str(tmp_path / 'nope.jpg'), '--out', str(out)])
 
 
 # ---------------------------------------------------------------- benchmark_model
@@ -384,16 +297,15 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
     assert results['with_cp']['train_peak_mb'] > 0
     assert results['with_cp']['without_train_peak_mb'] == results['peak_mb']['ddetr']['train']
     assert 'activation checkpointing (with_cp=True' in out
-    assert benchmark_model.main([str(tmp_path / 'nope.py')]) == 1
-    assert 'does not exist' in capsys.readouterr().err
+    assert 'does not exist' in stops_in_one_line(benchmark_model.main,
+                                                 [str(tmp_path / 'nope.py')])
 
 
 def test_benchmark_model_names_a_misspelt_config_key(capsys):
     """A typo in --cfg-options stops before any timing with the key and its likely fix,
     not with a traceback through the constructors."""
-    assert benchmark_model.main(['--cfg-options', 'model.encoder.num_layerz=2',
-                                 '--no-memory']) == 1
-    err = capsys.readouterr().err
+    err = stops_in_one_line(benchmark_model.main, ['--cfg-options', 'model.encoder.num_layerz=2',
+                                                   '--no-memory'])
     assert "'num_layerz'" in err and "did you mean 'num_layers'" in err
 
 
@@ -464,13 +376,12 @@ def test_profile_step_tables_a_training_step(tmp_path, capsys):
 
 
 def test_profile_step_names_a_missing_config(capsys):
-    assert profile_step.main(['nope/missing.py']) == 1
-    assert 'nope/missing.py does not exist' in capsys.readouterr().err
+    assert 'nope/missing.py does not exist' in stops_in_one_line(profile_step.main,
+                                                                 ['nope/missing.py'])
 
 
 def test_amp_geometry_error_names_a_misspelt_config_key(tmp_path, capsys):
     config = tmp_path / 'typo.py'
     config.write_text(f"_base_ = {QUICKSTART!r}\nmodel = dict(neck=dict(out_channel=64))\n")
-    assert amp_geometry_error.main([str(config), '--shape', '64', '64']) == 1
-    err = capsys.readouterr().err
+    err = stops_in_one_line(amp_geometry_error.main, [str(config), '--shape', '64', '64'])
     assert "'out_channel' (did you mean 'out_channels'?)" in err

@@ -34,7 +34,8 @@ def test_demo_refuses_a_crafted_checkpoint(tmp_path, crafted_checkpoint):
 
 
 def test_init_detector_refuses_a_crafted_checkpoint(crafted_checkpoint):
-    from ddetr.apis import CheckpointError, init_detector
+    from ddetr.apis import init_detector
+    from ddetr.errors import CheckpointError
     path, marker = crafted_checkpoint
     with pytest.raises(CheckpointError, match='makedirs'):
         init_detector(QUICKSTART, path)

@@ -87,10 +87,9 @@ def run(args, check=True):
 
 
 def test_user_config_fills_dataloaders_evaluators_and_head(tmp_path, data_root):
-    from ddetr.apis.inference import load_config
-    from ddetr.utils import load_run_config
+    from ddetr.config import load_config
     config = write_config(tmp_path, data_root)
-    for cfg in (load_run_config(config, work_dir=str(tmp_path / 'w')), load_config(config)):
+    for cfg in (load_config(config, work_dir=str(tmp_path / 'w')), load_config(config)):
         for split, ann in (('train', 'train'), ('val', 'val'), ('test', 'val')):
             dataset = cfg[f'{split}_dataloader'].dataset
             assert dataset.type == 'SafeCocoDataset' and 'synthetic' not in dataset
@@ -110,10 +109,10 @@ def test_user_config_fills_dataloaders_evaluators_and_head(tmp_path, data_root):
     ("classes = 'boat'", 'non-empty list or tuple'),
 ])
 def test_inconsistent_names_are_an_error(tmp_path, data_root, extra, message):
-    from ddetr.utils import load_run_config
+    from ddetr.config import load_config
     config = write_config(tmp_path, data_root, extra=extra)
     with pytest.raises(ValueError, match=message.replace('(', r'\(')):
-        load_run_config(config, work_dir=str(tmp_path / 'w'))
+        load_config(config, work_dir=str(tmp_path / 'w'))
 
 
 def test_ten_line_config_trains_five_iterations(tmp_path, data_root):

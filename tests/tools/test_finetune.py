@@ -9,7 +9,6 @@ import torch
 
 from test_custom_data import QUICKSTART, ROOT, SIZES, run, write_coco, write_config
 
-sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
 
 CATEGORIES = (('boat', 1), ('plane', 2), ('car', 3))
 CLASSES = ('boat', 'plane', 'car')
@@ -35,9 +34,9 @@ def converted_80(tmp_path_factory, data_root):
     """An 80-class MMDetection checkpoint of the target architecture (mmdet's own model,
     perturbed so that no parameter is at its initial value), converted with
     mmdet2ddetr.py. Returns (path, converted state dict)."""
-    from mmdet_equivalent import build_equivalent_pair
+    from ddetr.converters.mmdet_equivalent import build_equivalent_pair
 
-    from ddetr.apis.inference import load_config
+    from ddetr.config import load_config
     tmp = tmp_path_factory.mktemp('ckpt')
     config = write_config(tmp, data_root, CLASSES, extra=VARIANT)
     model_cfg = load_config(config, num_classes=80).model
@@ -58,7 +57,8 @@ def test_finetune_from_80_classes_loads_all_but_the_class_layers(tmp_path, data_
     proc = run([osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir])
     log = proc.stdout + proc.stderr
     # one short block says what was re-initialized, no mmengine missing-key dump
-    from ddetr.apis.inference import build_detector, load_config
+    from ddetr.apis.inference import build_detector
+    from ddetr.config import load_config
     model = build_detector(load_config(config))
     own = model.state_dict()
     class_keys = [k for k in own if k.startswith('bbox_head.cls_branches.')]
@@ -104,7 +104,8 @@ def test_finetune_refuses_a_checkpoint_missing_other_layers(tmp_path, data_root,
 
 
 def test_finetune_same_classes_loads_everything(data_root, converted_80):
-    from ddetr.apis.inference import build_detector, load_config
+    from ddetr.apis.inference import build_detector
+    from ddetr.config import load_config
     from ddetr.engine.state_dict import load_for_finetuning
     ckpt, source = converted_80
     cfg = load_config(QUICKSTART, ['model.encoder.num_layers=1', 'model.decoder.num_layers=1',
@@ -178,7 +179,8 @@ def test_demo_refuses_a_mismatched_checkpoint(tmp_path, data_root, converted_80)
 def test_test_py_classwise_prints_and_writes_the_per_class_table(tmp_path, data_root):
     import json
 
-    from ddetr.apis.inference import build_detector, load_config
+    from ddetr.apis.inference import build_detector
+    from ddetr.config import load_config
     config = write_config(tmp_path, data_root, CLASSES)
     ckpt = str(tmp_path / 'own.pth')
     torch.save(dict(state_dict=build_detector(load_config(config)).state_dict(), meta={}), ckpt)

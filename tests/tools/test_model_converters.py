@@ -6,6 +6,7 @@ from the mmdet model through the correspondence of shared/reference/official-che
 and by a key-by-key round trip."""
 import argparse
 import copy
+import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -18,15 +19,25 @@ from mmengine.registry import DefaultScope
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.structures import DetDataSample
 
+from conftest import stops_in_one_line
+from ddetr.converters import common as converter_utils
+from ddetr.converters import mmdetection as mmdet_converter
+from ddetr.converters import official as official_converter
 from ddetr.registry import MODELS
-from ddetr.utils import register_all_modules
+from ddetr.setup_env import register_all_modules
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOLS = osp.join(ROOT, 'tools', 'model_converters')
-sys.path.insert(0, TOOLS)
-import converter_utils  # noqa: E402
-import mmdet2ddetr  # noqa: E402
-import official2ddetr  # noqa: E402
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f'ddetr_tool_{name}', osp.join(TOOLS, name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mmdet2ddetr, official2ddetr = _tool('mmdet2ddetr'), _tool('official2ddetr')
 
 MMDET_CONFIGS = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'configs',
                          'deformable_detr')
@@ -265,7 +276,7 @@ def test_official_checkpoint(variant, batch, tmp_path, capsys):
     assert converted['meta']['with_box_refine'] == refine
     assert converted['meta']['as_two_stage'] == two_stage
     # the same weights as the mmdet path (the original's zero input_proj biases included)
-    via_mmdet, _, _ = mmdet2ddetr.convert_state_dict(mmdet_model.state_dict())
+    via_mmdet, _, _ = mmdet_converter.convert_state_dict(mmdet_model.state_dict())
     assert converted['state_dict'].keys() == via_mmdet.keys()
     for key, value in via_mmdet.items():
         assert torch.equal(converted['state_dict'][key], value), key
@@ -283,7 +294,7 @@ def test_official_round_trip(variant):
     biases = [torch.randn(256, generator=gen) for _ in range(4)]
     official = mmdet_to_official(build_mmdet(variant, seed=2).state_dict(), refine, two_stage,
                                  neck_biases=biases)
-    converted, unmapped, aliases, variant_info = official2ddetr.convert_state_dict(
+    converted, unmapped, aliases, variant_info = official_converter.convert_state_dict(
         official, official_args(refine, two_stage))
     assert unmapped == []
     assert len(aliases) == sum(k.startswith('transformer.decoder.') and '_embed.' in k
@@ -295,7 +306,7 @@ def test_official_round_trip(variant):
     for key in official:
         assert torch.equal(back[key], official[key]), key
     # without args the variant is read from the keys
-    _, _, _, from_keys = official2ddetr.convert_state_dict(official)
+    _, _, _, from_keys = official_converter.convert_state_dict(official)
     assert (from_keys['with_box_refine'], from_keys['as_two_stage']) == (refine, two_stage)
 
 
@@ -306,7 +317,7 @@ def test_91_to_80_classes(variant, batch, tmp_path):
     _, _, refine, two_stage = VARIANTS[variant]
     mmdet_model = build_mmdet(variant, seed=4)
     model91 = build_ddetr(variant, num_classes=91)
-    state91, _, _ = mmdet2ddetr.convert_state_dict(mmdet_model.state_dict())
+    state91, _, _ = mmdet_converter.convert_state_dict(mmdet_model.state_dict())
     model91.load_state_dict(state91)
     src, dst = tmp_path / 'official.pth', tmp_path / 'ddetr80.pth'
     torch.save({'model': mmdet_to_official(mmdet_model.state_dict(), refine, two_stage),
@@ -323,7 +334,7 @@ def test_91_to_80_classes(variant, batch, tmp_path):
         enc = ckpt['state_dict']['bbox_head.cls_branches.2.weight']
         torch.testing.assert_close(enc[0], state91['bbox_head.cls_branches.2.weight'][0])
         # the mmdet path maps the same way
-        mapped, _, _ = mmdet2ddetr.convert_state_dict(mmdet_model.state_dict(), num_classes=80)
+        mapped, _, _ = mmdet_converter.convert_state_dict(mmdet_model.state_dict(), num_classes=80)
         for key, value in mapped.items():
             assert torch.equal(ckpt['state_dict'][key], value), key
 
@@ -334,37 +345,38 @@ def test_two_stage_without_refinement_cannot_be_mapped_to_80():
     state['class_embed.2.weight'] = state['class_embed.0.weight']
     state['class_embed.2.bias'] = state['class_embed.0.bias']
     with pytest.raises(converter_utils.ConversionError, match='cannot be mapped'):
-        official2ddetr.convert_state_dict(state, num_classes=80)
+        official_converter.convert_state_dict(state, num_classes=80)
 
 
 def test_errors_name_the_problem(tmp_path, capsys):
     missing = tmp_path / 'missing.pth'
-    assert mmdet2ddetr.main([str(missing), str(tmp_path / 'out.pth')]) == 1
-    assert f'{missing}: no such file' in capsys.readouterr().err
+    assert f'{missing}: no such file' in stops_in_one_line(
+        mmdet2ddetr.main, [str(missing), str(tmp_path / 'out.pth')])
     text = tmp_path / 'notes.txt'
     text.write_text('not a checkpoint')
-    assert official2ddetr.main([str(text), str(tmp_path / 'out.pth')]) == 1
-    assert 'not a readable PyTorch checkpoint' in capsys.readouterr().err
+    assert 'not a readable PyTorch checkpoint' in stops_in_one_line(
+        official2ddetr.main, [str(text), str(tmp_path / 'out.pth')])
     no_model = tmp_path / 'no_model.pth'
     torch.save({'optimizer': {}, 'epoch': 3}, no_model)
-    assert official2ddetr.main([str(no_model), str(tmp_path / 'out.pth')]) == 1
-    assert "no 'model' state dict" in capsys.readouterr().err
+    assert "no 'model' state dict" in stops_in_one_line(
+        official2ddetr.main, [str(no_model), str(tmp_path / 'out.pth')])
     wrong = tmp_path / 'wrong.pth'
     torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(1)}}, wrong)
-    assert mmdet2ddetr.main([str(wrong), str(tmp_path / 'out.pth')]) == 1
-    assert 'not an MMDetection DeformableDETR state dict' in capsys.readouterr().err
+    assert 'not an MMDetection DeformableDETR state dict' in stops_in_one_line(
+        mmdet2ddetr.main, [str(wrong), str(tmp_path / 'out.pth')])
     # 91 -> 80 needs 91 rows
     state = build_mmdet('base', num_classes=85).state_dict()
     with pytest.raises(converter_utils.ConversionError,
                        match=r'bbox_head.cls_branches.0.weight has shape \(85, 256\)'):
-        mmdet2ddetr.convert_state_dict(state, num_classes=80)
+        mmdet_converter.convert_state_dict(state, num_classes=80)
     # an unknown key is printed and left out; --config reports what does not fit
     state['some_new_module.weight'] = torch.zeros(3)
     src = tmp_path / 'extra.pth'
     torch.save(state, src)
     config = osp.join(ROOT, 'configs', 'ddetr_r50.py')
-    assert mmdet2ddetr.main([str(src), str(tmp_path / 'out.pth'), '--config', config]) == 1
-    out, err = capsys.readouterr()
+    err = stops_in_one_line(mmdet2ddetr.main,
+                            [str(src), str(tmp_path / 'out.pth'), '--config', config])
+    out = capsys.readouterr().out
     assert 'not mapped (left out) (1):\n  some_new_module.weight' in out
     assert 'shape of query_embedding.weight: checkpoint (30, 512), model (300, 512)' in out
     assert 'missing in the converted checkpoint: backbone.layer1.0.conv3.weight' in out

@@ -9,6 +9,8 @@ import sys
 import cv2
 import pytest
 
+from ddetr.errors import DataError
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
     'plot_curves', osp.join(ROOT, 'tools', 'analysis', 'plot_curves.py'))
@@ -87,7 +89,7 @@ def test_missing_metric_is_named_with_the_ones_there(runs, tmp_path):
         [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'plot_curves.py'), runs[0],
          '--x', 'epoch', '--out', out], capture_output=True, text=True)
     assert proc.returncode == 1 and 'no epoch' in proc.stderr
-    with pytest.raises(FileNotFoundError, match='no such run folder'):
+    with pytest.raises(DataError, match='no such run folder'):
         plot_curves.plot([str(tmp_path / 'nothing')], out)
 
 

@@ -18,14 +18,15 @@ them; the numbers then also include that (legitimate) difference.
 """
 import argparse
 import os.path as osp
-import sys
 from typing import Dict, List
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
+from ddetr.apis import init_detector
+from ddetr.cli import entry_point
+from ddetr.models.layers import multi_scale_deformable_attention as msda
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 DTYPES = dict(bfloat16=torch.bfloat16, float16=torch.float16)
 
@@ -50,14 +51,12 @@ def parse_args(argv=None):
 
 def build_model(args):
     """The config's detector in eval mode: --checkpoint loaded, or its training init."""
-    from ddetr.apis import init_detector
     return init_detector(args.config, args.checkpoint, device=args.device, seed=args.seed)
 
 
 def record_locations(model, inputs, autocast_dtype=None) -> List[dict]:
     """Run the model once; return, per attention call, its locations (float64 copy), the
     dtype the op got and the level shapes."""
-    from ddetr.models.layers import multi_scale_deformable_attention as msda
     calls = []
     original = msda.ms_deform_attn
 
@@ -110,19 +109,14 @@ def run(args, log=print, model=None) -> Dict[str, List[float]]:
     return results
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
     print(f'{args.config}, input {args.shape[0]}x{args.shape[1]}, {args.device}, '
           f'autocast {args.dtype}', flush=True)
-    from ddetr.apis import CheckpointError
-    try:
-        model = build_model(args)
-    except (FileNotFoundError, KeyError, ValueError, CheckpointError) as e:  # config, weights
-        print(f'amp_geometry_error: error: {e}', file=sys.stderr)
-        return 1
-    run(args, model=model)
+    run(args, model=build_model(args))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

@@ -26,7 +26,7 @@ def forward_backward(dropout, x, grad):
 
 def measure(shape, dtype, repeat):
     """Median forward+backward ms of (torch, ddetr), runs alternating."""
-    from ddetr.ops import Dropout
+    from ddetr.models.fast_paths import Dropout
     x = torch.randn(shape, dtype=dtype, requires_grad=True)
     grad = torch.randn(shape, dtype=dtype)
     impls = {'torch': torch.nn.Dropout(0.1), 'ddetr': Dropout(0.1)}

@@ -40,15 +40,16 @@ import sys
 import time
 from typing import Dict
 
+import torch
+
+from ddetr.cli import add_cfg_options, entry_point
+from ddetr.config import config_errors_named, load_config
+from ddetr.converters.mmdet_equivalent import build_equivalent_pair
+from ddetr.engine.cpu_info import cpu_description
+from ddetr.engine.cpu_memory import keep_freed_memory, process_status_kb
+from ddetr.ops import backend_info
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
-sys.path.insert(0, osp.join(ROOT, 'tools', 'model_converters'))
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-
-import torch  # noqa: E402
-
-from benchmark_op import _status_kb  # noqa: E402  (reads /proc/self/status)
 
 SPEED_TARGETS = {'train': 3.0, 'inference': 2.5}  # mmdet time / ddetr time
 IMPLS = ('ddetr', 'mmdet')
@@ -73,8 +74,7 @@ def parse_args(argv=None):
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory measurement (fresh processes)')
     parser.add_argument('--json', help='also write the results to this file')
-    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
-                        help='override config keys, e.g. model.num_queries=100')
+    add_cfg_options(parser)
     parser.add_argument('--memory-worker', choices=MEMORY_WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.shape) < 1 or args.batch_size < 1 or args.iters < 1:
@@ -84,10 +84,7 @@ def parse_args(argv=None):
 
 def build_models(args):
     """(ddetr model, mmdet model) with the same weights, from the config."""
-    from ddetr.apis import load_config
-    from ddetr.utils import config_errors_named
-    from mmdet_equivalent import build_equivalent_pair
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, no_downloads=True)
     with config_errors_named():  # a misspelt key: a ConfigError naming it, not a traceback
         return build_equivalent_pair(cfg.model, seed=0)
 
@@ -118,7 +115,6 @@ def optimizer_kernels(args) -> Dict[str, Dict[str, object]]:
     """AdamW's implementation per model, as each project's config sets it: ddetr's schedule
     asks for ``foreach`` (and the quick start for ``fused``); MMDetection's Deformable DETR
     configs leave torch's default, a Python loop over parameters on CPU."""
-    from ddetr.apis import load_config
     optimizer = load_config(args.config, args.cfg_options).optim_wrapper.optimizer
     ddetr = {key: optimizer[key] for key in ('foreach', 'fused') if optimizer.get(key)}
     return dict(ddetr=ddetr, ddetr_with_cp=ddetr, mmdet={})
@@ -193,9 +189,9 @@ def memory_worker(args) -> None:
         run()  # warm-up: libraries, caches, optimizer state
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # VmHWM := VmRSS
-        before = _status_kb('VmRSS')
+        before = process_status_kb('VmRSS')
         run()
-        result[phase] = (_status_kb('VmHWM') - before) / 1024
+        result[phase] = (process_status_kb('VmHWM') - before) / 1024
     print(json.dumps(result))
 
 
@@ -251,9 +247,6 @@ def format_report(results: dict) -> str:
 
 
 def run(args, log=print) -> dict:
-    from ddetr.engine.cpu_info import cpu_description
-    from ddetr.engine.cpu_memory import keep_freed_memory
-    from ddetr.ops import backend_info
     torch.set_num_threads(args.threads)
     log(cpu_description())
     # as in tools/train.py and tools/test.py (DdetrRunner), for both models
@@ -296,20 +289,13 @@ def run(args, log=print) -> dict:
     return results
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.memory_worker:
         memory_worker(args)
         return 0
-    from converter_utils import ConversionError
-    if not osp.isfile(args.config):
-        print(f'error: config {args.config} does not exist', file=sys.stderr)
-        return 1
-    try:
-        results = run(args, log=lambda m: print(m, flush=True))
-    except (ConversionError, KeyError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    results = run(args, log=lambda m: print(m, flush=True))
     print()
     print(format_report(results))
     if args.json:
@@ -319,4 +305,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

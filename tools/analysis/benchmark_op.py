@@ -31,6 +31,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ddetr.engine.cpu_info import cpu_description
+from ddetr.engine.cpu_memory import keep_freed_memory, process_status_kb
+from ddetr.ops import HAS_COMPILED_OP, backend_info, ms_deform_attn
+
 SPATIAL_SHAPES = [(100, 167), (50, 84), (25, 42), (13, 21)]
 NUM_HEADS, HEAD_DIMS, NUM_POINTS = 8, 32, 4
 WORKLOADS = {'encoder': dict(bs=1, num_queries=None), 'decoder': dict(bs=2, num_queries=300)}
@@ -139,7 +143,6 @@ def floor_ms(inputs, backward: bool, bandwidth: float) -> float:
 
 
 def implementations():
-    from ddetr.ops import HAS_COMPILED_OP, ms_deform_attn
     impls = {'fallback (grid_sample)': fallback_grid_sample}
     if HAS_COMPILED_OP:
         impls['ddetr (compiled)'] = ms_deform_attn
@@ -196,14 +199,6 @@ def time_it(fn, inputs, backward, repeat, min_seconds=0.5, max_runs=500):
     return statistics.median(times) * 1e3
 
 
-def _status_kb(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
 def measure_memory_worker(impl_name, workload, threads):
     """Runs in a fresh process: how far one forward+backward raises the resident set above
     what the inputs already hold (MB). The peak (VmHWM) is reset after the inputs are made,
@@ -216,9 +211,9 @@ def measure_memory_worker(impl_name, workload, threads):
     release_grad_cache()  # the op's kept value-gradient blocks count in its peak
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current resident set
-    before = _status_kb('VmRSS')
+    before = process_status_kb('VmRSS')
     run_once(fn, inputs, backward=True)
-    print(json.dumps({'peak_mb': (_status_kb('VmHWM') - before) / 1024}))
+    print(json.dumps({'peak_mb': (process_status_kb('VmHWM') - before) / 1024}))
 
 
 def measure_memory(impl_name, workload, threads):
@@ -252,9 +247,6 @@ def main():
         parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
                      'is False); run on a GPU machine or use --device cpu')
     torch.set_num_threads(args.threads)
-    from ddetr.engine.cpu_info import cpu_description
-    from ddetr.engine.cpu_memory import keep_freed_memory
-    from ddetr.ops import backend_info
     print(cpu_description())
     print(keep_freed_memory() + ' (both implementations; not in the memory workers)')
     print(f'ms_deform_attn benchmark: {backend_info()}; torch {torch.__version__}, '

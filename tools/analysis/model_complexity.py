@@ -36,18 +36,17 @@ import logging
 import os
 import os.path as osp
 import statistics
-import sys
 import time
 import warnings
 from typing import Dict, List, Optional, Sequence
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from ddetr.apis import build_detector
+from ddetr.cli import entry_point
+from ddetr.config import load_config
 
 # FLOPs per (query, head, level, point, channel) of the deformable attention op (A.1):
 # bilinear interpolation (4 multiply-adds) + the attention-weighted sum (1)
@@ -227,8 +226,7 @@ def analyse(config, shape=(800, 1333), num_classes=None, fps_iters=5, device='cp
             cfg_options=None, log=print, with_flops=True) -> Dict[str, object]:
     """Build the model (random weights, no download) and measure everything
     (``flops`` is ``None`` with ``with_flops=False``)."""
-    from ddetr.apis import build_detector, load_config
-    cfg = load_config(config, cfg_options, num_classes)
+    cfg = load_config(config, cfg_options, num_classes=num_classes, no_downloads=True)
     model = build_detector(cfg).eval()
     params = count_parameters(model)
     flops = None
@@ -279,16 +277,13 @@ def format_table(result: Dict[str, object]) -> str:
     return '\n'.join(lines)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.getLogger('mmengine').setLevel(logging.ERROR)
-    try:
-        result = analyse(args.config, args.shape, args.num_classes, args.fps_iters,
-                         args.device, args.cfg_options, log=lambda m: print(m, flush=True),
-                         with_flops=not args.no_flops)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    result = analyse(args.config, args.shape, args.num_classes, args.fps_iters,
+                     args.device, args.cfg_options, log=lambda m: print(m, flush=True),
+                     with_flops=not args.no_flops)
     print()
     print(format_table(result))
     if args.out_json:
@@ -305,4 +300,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

@@ -24,6 +24,9 @@ import os.path as osp
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from ddetr.cli import entry_point
+from ddetr.errors import ConfigError, DataError
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -51,10 +54,10 @@ def parse_args(argv=None):
 def scalar_files(run_dir: str) -> List[str]:
     """The run's scalars.json files, oldest first (mmengine's timestamps sort by time)."""
     if not osp.isdir(run_dir):
-        raise FileNotFoundError(f'{run_dir}: no such run folder')
+        raise DataError(f'{run_dir}: no such run folder')
     files = sorted(glob.glob(osp.join(run_dir, '*', 'vis_data', 'scalars.json')))
     if not files:
-        raise FileNotFoundError(f'{run_dir}: no <timestamp>/vis_data/scalars.json (is it a '
+        raise DataError(f'{run_dir}: no <timestamp>/vis_data/scalars.json (is it a '
                                 f'work dir of tools/train.py?)')
     return files
 
@@ -137,9 +140,9 @@ def plot(run_dirs: List[str], out: str, metric: Optional[str] = None,
             xs, ys = series(records, key, x)
             if not xs:
                 if x == 'epoch' and any(key in r for r in records.values()):
-                    raise KeyError(f'{run_dir}: the {kind} records of this run have no epoch '
+                    raise ConfigError(f'{run_dir}: the {kind} records of this run have no epoch '
                                    f'(an iteration-based run): use --x iter')
-                raise KeyError(f'{run_dir}: no {kind} metric "{key}"; the {kind} records '
+                raise ConfigError(f'{run_dir}: no {kind} metric "{key}"; the {kind} records '
                                f'have: {", ".join(available(records)) or "nothing"}')
             scale = 100.0 if validation and 'mAP' in key else 1.0  # AP in percent
             name = label if len(keys) == 1 else f'{label}: {key}'
@@ -161,15 +164,11 @@ def plot(run_dirs: List[str], out: str, metric: Optional[str] = None,
     return drawn
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        drawn = plot(args.run_dirs, args.out, metric=args.metric, keys=args.keys, x=args.x,
-                     labels=args.labels, title=args.title)
-    except (FileNotFoundError, KeyError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f'plot_curves.py: error: {message}', file=sys.stderr)
-        return 1
+    drawn = plot(args.run_dirs, args.out, metric=args.metric, keys=args.keys, x=args.x,
+                 labels=args.labels, title=args.title)
     for name, (xs, ys) in drawn.items():
         print(f'{name}: {len(xs)} points, last {ys[-1]:.4g} at {xs[-1]:g}')
     print(f'written to {args.out}')
@@ -177,4 +176,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

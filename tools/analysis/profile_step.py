@@ -17,9 +17,17 @@ chrome://tracing) to see the ops on a time line.
 """
 import argparse
 import os.path as osp
-import sys
 import tempfile
 import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ddetr.cli import add_cfg_options, entry_point
+from ddetr.config import load_config
+from ddetr.engine import DdetrRunner
+from ddetr.engine.cpu_info import cpu_description
+from ddetr.setup_env import register_all_modules
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
@@ -36,8 +44,7 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads (default: torch\'s, all cores)')
     parser.add_argument('--trace', default=None, help='write a Chrome trace to this file')
-    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                        help='override config settings, as in tools/train.py')
+    add_cfg_options(parser)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rows < 1:
         parser.error('--steps and --rows must be >= 1, --warmup >= 0')
@@ -47,10 +54,8 @@ def parse_args(argv=None):
 def build(config, cfg_options, work_dir):
     """(model, optim_wrapper, train dataloader) of the config, as tools/train.py's Runner
     builds them."""
-    from ddetr.engine import DdetrRunner
-    from ddetr.utils import load_run_config, register_all_modules
     register_all_modules()
-    cfg = load_run_config(config, cfg_options, work_dir=work_dir)
+    cfg = load_config(config, cfg_options, work_dir=work_dir)
     cfg.log_level = 'WARNING'  # the Runner's INFO lines (hooks, environment) are not needed
     runner = DdetrRunner.from_cfg(cfg)
     optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
@@ -65,20 +70,13 @@ def op_table(events, steps, total_us):
     return sorted(rows, key=lambda row: -row[1])
 
 
+@entry_point
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from ddetr.engine.cpu_info import cpu_description
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work_dir:
-        try:
-            model, optim_wrapper, loader = build(args.config, args.cfg_options, work_dir)
-        except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: ConfigError too
-            print(f'profile_step: {err}', file=sys.stderr)
-            return 1
+        model, optim_wrapper, loader = build(args.config, args.cfg_options, work_dir)
         batches, loader_iter = [], iter(loader)
         for _ in range(args.warmup + args.steps):
             batches.append(next(loader_iter))
@@ -118,4 +116,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

@@ -8,14 +8,15 @@ detections (score >= --score-thr) on the right, labelled with class (and score).
 import argparse
 import os
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+from ddetr.apis import build_test_pipeline, inference_detector, init_detector
+from ddetr.cli import entry_point
+from ddetr.datasets.transforms.loading import load_image
+from ddetr.errors import DataError
+from ddetr.registry import DATASETS
 
 
 def parse_args(argv=None):
@@ -82,27 +83,21 @@ def make_grid(pairs, columns):
     return np.concatenate(rows, 0)
 
 
+@entry_point
 def main(argv=None):
     args = parse_args(argv)
-    from ddetr.apis import (CheckpointError, build_test_pipeline, inference_detector,
-                            init_detector)
-    from ddetr.datasets.transforms.loading import ImageLoadError, load_image
-    from ddetr.registry import DATASETS
+    model = init_detector(args.config, args.checkpoint)
     try:
-        model = init_detector(args.config, args.checkpoint)
-    except (FileNotFoundError, KeyError, ValueError, CheckpointError) as e:
-        sys.exit(f'show_predictions: {e}')
-    dataset = DATASETS.build(model.cfg.test_dataloader.dataset)
+        dataset = DATASETS.build(model.cfg.test_dataloader.dataset)
+    except FileNotFoundError as err:  # the annotation file under the config's data_root
+        raise DataError(f'{err} (check test_dataloader.dataset in {args.config})') from None
     classes = dataset.metainfo['classes']
     pipeline = build_test_pipeline(model.cfg)  # once, for every image
 
     pairs = []
     for index in range(min(args.num_images, len(dataset))):
         info = dataset.get_data_info(index)
-        try:
-            img = load_image(info['img_path'])
-        except ImageLoadError as e:
-            sys.exit(f'show_predictions: {e}')
+        img = load_image(info['img_path'])
         sample = inference_detector(model, img, pipeline)
         gt = [(inst['bbox'], inst['bbox_label']) for inst in info['instances']
               if not inst.get('ignore_flag', 0)]
@@ -114,10 +109,10 @@ def main(argv=None):
                        pred.scores[keep].tolist()),
             osp.basename(info['img_path'])))
     if not pairs:
-        sys.exit('show_predictions: the test set is empty')
+        raise DataError(f'the test set of {args.config} is empty')
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     if not cv2.imwrite(args.out, make_grid(pairs, args.columns)):
-        sys.exit(f'show_predictions: could not write {args.out}')
+        raise DataError(f'could not write {args.out} (a .png or .jpg file in a writable folder)')
     print(f'wrote {args.out} ({len(pairs)} images, score >= {args.score_thr})')
 
 

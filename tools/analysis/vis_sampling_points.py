@@ -26,18 +26,17 @@ import argparse
 import inspect
 import os
 import os.path as osp
-import sys
 from typing import Dict, Optional, Sequence, Tuple
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from ddetr.models.layers import multi_scale_deformable_attention as msda_module  # noqa: E402
+from ddetr.apis import init_detector, prepare_image
+from ddetr.apis.inference import as_rgb
+from ddetr.cli import add_cfg_options, entry_point
+from ddetr.errors import ConfigError
+from ddetr.models.layers import multi_scale_deformable_attention as msda_module
 
 
 class SamplingCapture:
@@ -133,7 +132,7 @@ def encoder_query_index(point: Sequence[float], level: int, spatial_shapes: Tens
     under ``point`` (x, y) in original-image pixels. Returns (index, row, col)."""
     num_levels = spatial_shapes.shape[0]
     if not 0 <= level < num_levels:
-        raise ValueError(f'--encoder-level {level}: the model has levels 0..{num_levels - 1}')
+        raise ConfigError(f'--encoder-level {level}: the model has levels 0..{num_levels - 1}')
     height, width = img_shape[:2]
     map_h, map_w = spatial_shapes[level].tolist()
     ratio_w, ratio_h = valid_ratios[level].tolist()
@@ -189,7 +188,7 @@ def sampling_points(model: nn.Module, batch: dict, query_index: Optional[int] = 
     if query_index is None:
         query_index = int(best_scores.argmax())
     elif not 0 <= query_index < num_queries:
-        raise ValueError(f'--query-index {query_index}: the model has {num_queries} object '
+        raise ConfigError(f'--query-index {query_index}: the model has {num_queries} object '
                          f'queries (0..{num_queries - 1})')
     box = box_to_image_pixels(outputs[1][-1, 0, query_index].float(), img_shape, scale_factor)
 
@@ -300,25 +299,18 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='sampling_points.png', help='output PNG file')
     parser.add_argument('--cmap', default='jet', help='matplotlib colormap of the weights')
     parser.add_argument('--device', default='cpu', help='device to run on')
-    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE', default=None,
-                        help='override config keys')
+    add_cfg_options(parser)
     return parser.parse_args(argv)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ddetr.apis import CheckpointError, init_detector, prepare_image
-    from ddetr.apis.inference import as_rgb
-    from ddetr.datasets.transforms.loading import ImageLoadError
-    try:
-        print(f'building {args.config} with checkpoint {args.checkpoint}', flush=True)
-        model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
-        batch = prepare_image(model, args.image)
-        result = sampling_points(model, batch, args.query_index, args.query_point,
-                                 args.encoder_level)
-    except (FileNotFoundError, ImageLoadError, CheckpointError, KeyError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    print(f'building {args.config} with checkpoint {args.checkpoint}', flush=True)
+    model = init_detector(args.config, args.checkpoint, args.device, args.cfg_options)
+    batch = prepare_image(model, args.image)
+    result = sampling_points(model, batch, args.query_index, args.query_point,
+                             args.encoder_level)
     classes = model.dataset_meta['classes']
     enc, dec = result['encoder'], result['decoder']
     shown = draw(as_rgb(batch['img']), result, classes, args.out, args.cmap,
@@ -338,4 +330,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

@@ -18,6 +18,9 @@ import os.path as osp
 import sys
 from collections import Counter, defaultdict
 
+from ddetr.cli import entry_point
+from ddetr.errors import DataError
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -156,22 +159,18 @@ def show(coco: dict, img_dir: str, num: int, out_dir: str) -> list:
     return written
 
 
+@entry_point(status=2)
 def main(argv=None):
     args = parse_args(argv)
     try:
         with open(args.ann_file) as f:
             coco = json.load(f)
     except (OSError, ValueError) as e:
-        print(f'check_dataset: error: cannot read {args.ann_file}: {e}', file=sys.stderr)
-        return 2
+        raise DataError(f'cannot read {args.ann_file}: {e}') from None
     if not isinstance(coco, dict) or 'images' not in coco:
-        print(f'check_dataset: error: {args.ann_file} is not a COCO detection file (no '
-              f'"images")', file=sys.stderr)
-        return 2
+        raise DataError(f'{args.ann_file} is not a COCO detection file (no "images")')
     if not osp.isdir(args.img_dir):
-        print(f'check_dataset: error: image folder {args.img_dir} does not exist',
-              file=sys.stderr)
-        return 2
+        raise DataError(f'image folder {args.img_dir} does not exist')
     stats, errors, warnings = check(coco, args.img_dir)
     print(f'{args.ann_file}: {stats["images"]} images ({stats["images_without_boxes"]} '
           f'without boxes), {stats["boxes"]} boxes, {stats["categories"]} categories')

@@ -12,9 +12,9 @@ from collections import Counter
 import cv2
 import numpy as np
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
-from ddetr.datasets.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_PALETTE,  # noqa: E402
-                                      ensure_synthetic_coco)
+from ddetr.cli import entry_point
+from ddetr.datasets.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, ensure_synthetic_coco
+from ddetr.errors import DataError
 
 EPILOG = """\
 The folder gets train/, val/, annotations/instances_{train,val}.json (COCO format) and
@@ -95,6 +95,7 @@ def draw_grid(coco: dict, img_dir: str, num: int, cell: int = 320) -> np.ndarray
                            for r in range(rows)], axis=0)
 
 
+@entry_point
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
@@ -111,7 +112,7 @@ def main(argv=None):
         with open(getattr(paths, f'{split}_ann_file')) as f:
             coco = json.load(f)
         if not coco['images']:
-            sys.exit(f'no {split} images to show')
+            raise DataError(f'no {split} images to show')
         out = args.show_out or osp.join(paths.root, f'samples_{split}.png')
         os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
         cv2.imwrite(out, draw_grid(coco, getattr(paths, f'{split}_img_dir'), args.show))

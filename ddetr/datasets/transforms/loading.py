@@ -12,14 +12,8 @@ from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 from mmengine.logging import print_log
 
+from ddetr.errors import ImageLoadError  # one message argument: DataLoader workers re-raise it
 from ddetr.registry import TRANSFORMS
-
-
-class ImageLoadError(OSError):
-    """An image could not be read or decoded. The message names the file.
-
-    Takes a single message argument so that PyTorch's DataLoader can re-raise it
-    in the main process with its own type."""
 
 
 def to_bgr_uint8(img: np.ndarray) -> np.ndarray:

@@ -9,12 +9,8 @@ from mmengine.dataset import pseudo_collate
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ddetr.datasets.transforms import ImageLoadError
+from ddetr.errors import ImageLoadError, PreflightError
 from ddetr.registry import HOOKS
-
-
-class PreflightError(RuntimeError):
-    """A config or data mistake found before training, with the config key to change."""
 
 
 def _innermost(dataset):

@@ -4,8 +4,7 @@ from typing import List, Sequence
 from mmengine.hooks import Hook
 
 from ddetr.registry import HOOKS
-from ddetr.utils import ConfigError
-from .preflight_hook import PreflightError
+from ddetr.errors import ConfigError, PreflightError
 
 
 @HOOKS.register_module()

@@ -9,19 +9,20 @@ import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
 from torch import Tensor, nn
 
+from ddetr.errors import ConfigError
 from ddetr.ops import check_level_shapes
 from ddetr.registry import MODELS
 from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
                       MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
-from ..layers.max_pool import use_channels_last_max_pool
-from ..utils import geometry_dtype, inverse_sigmoid, level_shapes, zero_masked
+from ..fast_paths import backbone_input, use_channels_last_max_pool, zero_masked
+from ..utils import geometry_dtype, inverse_sigmoid, level_shapes
 
 
 def _derive(cfg: dict, key: str, value, owner: str, where: str) -> None:
     """Write a setting the detector owns into a sub-config; a different value already there
     is a conflict (it would otherwise be silently ignored or silently win)."""
     if key in cfg and cfg[key] != value:
-        raise ValueError(f'DeformableDETR: {where}.{key}={cfg[key]!r} conflicts with the '
+        raise ConfigError(f'DeformableDETR: {where}.{key}={cfg[key]!r} conflicts with the '
                          f'detector\'s {owner}={value!r}; set it on the detector only')
     cfg[key] = value
 
@@ -76,7 +77,7 @@ class DeformableDETR(BaseDetector):
             data_preprocessor = MODELS.build(data_preprocessor)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if num_queries < 1 or num_feature_levels < 1 or num_points < 1:
-            raise ValueError(f'DeformableDETR: num_queries ({num_queries}), num_feature_levels '
+            raise ConfigError(f'DeformableDETR: num_queries ({num_queries}), num_feature_levels '
                              f'({num_feature_levels}) and num_points ({num_points}) must be >= 1')
         self.num_queries = num_queries
         self.num_feature_levels = num_feature_levels
@@ -107,16 +108,16 @@ class DeformableDETR(BaseDetector):
         bbox_head.update(train_cfg=train_cfg, test_cfg=test_cfg)
 
         self.backbone = MODELS.build(backbone)
-        use_channels_last_max_pool(self.backbone)  # the same pooling, faster on CPU
+        use_channels_last_max_pool(self.backbone)  # the same pooling, faster on CPU (fast_paths)
         self.neck = MODELS.build(neck)
         self.encoder = DeformableDetrTransformerEncoder(**encoder)
         self.decoder = DeformableDetrTransformerDecoder(**decoder)
         self.embed_dims = embed_dims = self.decoder.embed_dims
         if self.encoder.embed_dims != embed_dims:
-            raise ValueError(f'DeformableDETR: encoder embed_dims ({self.encoder.embed_dims}) '
+            raise ConfigError(f'DeformableDETR: encoder embed_dims ({self.encoder.embed_dims}) '
                              f'and decoder embed_dims ({embed_dims}) differ')
         if embed_dims % 2:
-            raise ValueError(f'DeformableDETR: embed_dims must be even, got {embed_dims}')
+            raise ConfigError(f'DeformableDETR: embed_dims must be even, got {embed_dims}')
         positional_encoding = dict(positional_encoding or {})
         _derive(positional_encoding, 'num_feats', embed_dims // 2, 'embed_dims / 2',
                 'positional_encoding')
@@ -167,16 +168,9 @@ class DeformableDETR(BaseDetector):
 
     # ------------------------------------------------------------ mmdet API
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
-        """(bs, 3, H, W) -> the neck's L maps (bs, C, H_l, W_l), finest first.
-
-        Inference on CPU (no autograd) passes the images in channels-last memory layout:
-        oneDNN then runs the backbone's and the neck's convolutions without reordering
-        their activations, 1.2-1.4x faster at 800x1333 (README, "Results"), with the same
-        values up to rounding; the maps come out channels-last, which flattening into
-        tokens (``pre_transformer``) reads without a transposing copy."""
-        if batch_inputs.is_cpu and not torch.is_grad_enabled():
-            batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
-        mlvl_feats = self.neck(self.backbone(batch_inputs))
+        """(bs, 3, H, W) -> the neck's L maps (bs, C, H_l, W_l), finest first (in CPU
+        inference the images enter the backbone channels-last: ``fast_paths``)."""
+        mlvl_feats = self.neck(self.backbone(backbone_input(batch_inputs)))
         if len(mlvl_feats) != self.num_feature_levels:
             raise ValueError(f'DeformableDETR: the neck gave {len(mlvl_feats)} maps but '
                              f'num_feature_levels is {self.num_feature_levels}')

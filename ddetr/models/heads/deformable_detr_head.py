@@ -10,6 +10,7 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from ddetr.errors import ConfigError
 from ddetr.registry import MODELS, TASK_UTILS
 from ..layers import MLP
 from ..utils import (average_across_processes, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
@@ -53,7 +54,7 @@ class DeformableDETRHead(BaseModule):
                  test_cfg: Optional[dict] = None, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_classes < 1:
-            raise ValueError(f'DeformableDETRHead: num_classes must be >= 1, got {num_classes}')
+            raise ConfigError(f'DeformableDETRHead: num_classes must be >= 1, got {num_classes}')
         self.num_classes = num_classes
         self.embed_dims = embed_dims
         self.share_pred_layer = share_pred_layer
@@ -215,7 +216,7 @@ class DeformableDETRHead(BaseModule):
             boxes = getattr(boxes, 'tensor', boxes)  # mmdet's HorizontalBoxes or a tensor
             labels = gt.labels.to(like.device).long()
             if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(f'DeformableDETRHead: ground-truth labels must be in '
+                raise ConfigError(f'DeformableDETRHead: ground-truth labels must be in '
                                  f'[0, {self.num_classes}), got {labels.tolist()}')
             img_h, img_w = meta['img_shape'][:2]
             factor = boxes.new_tensor([img_w, img_h, img_w, img_h])

@@ -8,8 +8,9 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ddetr.ops import Dropout
+from ddetr.errors import ConfigError
 from ddetr.registry import MODELS
+from ..fast_paths import Dropout
 from ..utils import offset_boxes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
 from .transformer_layer import DeformableDetrTransformerLayerBase
@@ -98,7 +99,7 @@ class DeformableDetrTransformerDecoder(BaseModule):
         super().__init__(init_cfg=init_cfg)
         layer_cfg = dict(layer_cfg or {})
         if num_layers < 1:
-            raise ValueError(f'DeformableDetrTransformerDecoder: num_layers must be >= 1, '
+            raise ConfigError(f'DeformableDetrTransformerDecoder: num_layers must be >= 1, '
                              f'got {num_layers}')
         self.num_layers = num_layers
         self.layers = nn.ModuleList(

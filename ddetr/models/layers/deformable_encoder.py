@@ -6,8 +6,8 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ddetr.ops import Dropout
 from ddetr.registry import MODELS
+from ..fast_paths import Dropout
 from ..utils import geometry_dtype, level_shapes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention
 from .transformer_layer import DeformableDetrTransformerLayerBase

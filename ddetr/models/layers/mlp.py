@@ -5,6 +5,8 @@ from typing import List
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddetr.errors import ConfigError
+
 
 class MLP(nn.Module):
     """``num_layers`` linear layers, ReLU between them (not after the last).
@@ -20,7 +22,7 @@ class MLP(nn.Module):
                  num_layers: int) -> None:
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f'MLP: num_layers must be >= 1, got {num_layers}')
+            raise ConfigError(f'MLP: num_layers must be >= 1, got {num_layers}')
         dims: List[int] = [input_dims] + [hidden_dims] * (num_layers - 1) + [output_dims]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
 

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.errors import ConfigError
 from ddetr.ops import ms_deform_attn
 from ddetr.registry import MODELS
-from ..utils import geometry_dtype, zero_masked
+from ..fast_paths import zero_masked
+from ..utils import geometry_dtype
 
 
 @MODELS.register_module()
@@ -73,10 +75,10 @@ class MultiScaleDeformableAttention(BaseModule):
         for name, value in dict(num_heads=num_heads, num_levels=num_levels,
                                 num_points=num_points).items():
             if value < 1:
-                raise ValueError(f'MultiScaleDeformableAttention: {name} must be >= 1, '
+                raise ConfigError(f'MultiScaleDeformableAttention: {name} must be >= 1, '
                                  f'got {value}')
         if embed_dims % num_heads != 0:
-            raise ValueError(f'MultiScaleDeformableAttention: embed_dims ({embed_dims}) must be '
+            raise ConfigError(f'MultiScaleDeformableAttention: embed_dims ({embed_dims}) must be '
                              f'divisible by num_heads ({num_heads})')
         self.embed_dims = embed_dims
         self.num_heads = num_heads

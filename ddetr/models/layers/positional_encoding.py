@@ -6,6 +6,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor
 
+from ddetr.errors import ConfigError
 from ddetr.registry import MODELS
 
 
@@ -44,7 +45,7 @@ class SinePositionalEncoding(BaseModule):
                  eps: float = 1e-6, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_feats % 2 != 0:
-            raise ValueError(f'SinePositionalEncoding: num_feats must be even, got {num_feats}')
+            raise ConfigError(f'SinePositionalEncoding: num_feats must be even, got {num_feats}')
         self.num_feats = num_feats
         self.temperature = temperature
         self.normalize = normalize

@@ -8,11 +8,7 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ddetr.ops import Dropout
-
-# Tokens per chunk of the FFN when no gradients are recorded on CPU (inference); 0: the
-# whole tensor at once, as with gradients.
-FFN_CHUNK_TOKENS = 4096
+from .. import fast_paths
 
 
 class DeformableDetrTransformerLayerBase(BaseModule):
@@ -25,8 +21,8 @@ class DeformableDetrTransformerLayerBase(BaseModule):
 
     ``with_cp`` (mmcv/mmdet's name): the layer's activations are not kept for the
     backward pass but recomputed in it (``torch.utils.checkpoint``, non-reentrant, dropout
-    replayed with the same random state: ``ddetr.ops.Dropout``, nn.Dropout with a faster
-    CPU kernel, draws its masks from that state), trading one extra forward of the layer
+    replayed with the same random state: :class:`ddetr.models.fast_paths.Dropout` draws its
+    masks from that state), trading one extra forward of the layer
     for the memory of its intermediate tensors. Results and gradients are unchanged.
 
     Args:
@@ -41,14 +37,15 @@ class DeformableDetrTransformerLayerBase(BaseModule):
                   dropout: float) -> None:
         """Create the FFN's modules (call where the layer's FFN sits in its order)."""
         self.linear1 = nn.Linear(embed_dims, feedforward_channels)
-        self.ffn_dropout = Dropout(dropout)
+        self.ffn_dropout = fast_paths.Dropout(dropout)
         self.linear2 = nn.Linear(feedforward_channels, embed_dims)
-        self.ffn_out_dropout = Dropout(dropout)
+        self.ffn_out_dropout = fast_paths.Dropout(dropout)
 
     def forward_ffn(self, query: Tensor, norm: nn.Module) -> Tensor:
         """(bs, n, C) -> (bs, n, C): the FFN with its residual connection and ``norm``."""
-        if query.is_cpu and not torch.is_grad_enabled() and FFN_CHUNK_TOKENS > 0:
-            return self._forward_ffn_in_chunks(query, norm)
+        chunk = fast_paths.ffn_chunk_tokens(query)
+        if chunk > 0:  # CPU inference: a few thousand tokens at a time, ReLU in place
+            return self._forward_ffn_in_chunks(query, norm, chunk)
         return self._ffn(query, norm, relu_in_place=False)
 
     def _ffn(self, x: Tensor, norm: nn.Module, relu_in_place: bool) -> Tensor:
@@ -56,16 +53,12 @@ class DeformableDetrTransformerLayerBase(BaseModule):
         hidden = F.relu(self.linear1(x), inplace=relu_in_place)  # (..., feedforward)
         return norm(x + self.ffn_out_dropout(self.linear2(self.ffn_dropout(hidden))))
 
-    def _forward_ffn_in_chunks(self, query: Tensor, norm: nn.Module) -> Tensor:
-        """forward_ffn without autograd on CPU: FFN_CHUNK_TOKENS tokens at a time, the ReLU
-        in place, so the hidden activations stay in cache and no tensor of all tokens'
-        hidden channels is allocated (the encoder's at 800x1333: 22,223 x 1024 floats, 91 MB
-        a layer, which the allocator maps afresh each time: page faults and zeroing). Every
-        operation is row by row, so the result is the same up to the matrix multiply's
-        blocking."""
+    def _forward_ffn_in_chunks(self, query: Tensor, norm: nn.Module, chunk: int) -> Tensor:
+        """forward_ffn without autograd, ``chunk`` tokens at a time with the ReLU in place
+        (see :func:`ddetr.models.fast_paths.ffn_chunk_tokens`)."""
         flat = query.reshape(-1, query.shape[-1])  # (bs * n, C)
-        chunks = [self._ffn(flat[start:start + FFN_CHUNK_TOKENS], norm, relu_in_place=True)
-                  for start in range(0, flat.shape[0], FFN_CHUNK_TOKENS)]
+        chunks = [self._ffn(flat[start:start + chunk], norm, relu_in_place=True)
+                  for start in range(0, flat.shape[0], chunk)]
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return out.view(query.shape)
 

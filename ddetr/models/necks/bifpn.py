@@ -8,6 +8,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.errors import ConfigError
 from ddetr.registry import MODELS
 from .channel_mapper import MultiScaleChannelMapper
 
@@ -102,7 +103,7 @@ class BiFPN(BaseModule):
                  eps: float = 1e-4, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_outs < 2:
-            raise ValueError(f'BiFPN needs at least 2 levels, got num_outs={num_outs}')
+            raise ConfigError(f'BiFPN needs at least 2 levels, got num_outs={num_outs}')
         norm_cfg = norm_cfg or dict(type='GN', num_groups=32)
         self.num_outs = num_outs
         self.input_proj = MultiScaleChannelMapper(in_channels=in_channels,

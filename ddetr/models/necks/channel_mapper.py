@@ -5,6 +5,7 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ddetr.errors import ConfigError
 from ddetr.registry import MODELS
 
 
@@ -34,7 +35,7 @@ class MultiScaleChannelMapper(BaseModule):
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_outs < 1:
-            raise ValueError(f'MultiScaleChannelMapper: num_outs must be >= 1, got {num_outs}')
+            raise ConfigError(f'MultiScaleChannelMapper: num_outs must be >= 1, got {num_outs}')
         norm_cfg = norm_cfg or dict(type='GN', num_groups=32)
         self.in_channels = list(in_channels)
         self.out_channels = out_channels

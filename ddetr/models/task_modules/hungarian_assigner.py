@@ -5,6 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ddetr.errors import ConfigError
 from ddetr.registry import TASK_UTILS
 from .match_costs import build_match_cost
 
@@ -26,7 +27,7 @@ class HungarianAssigner:
 
     def __init__(self, *, match_costs: Sequence) -> None:
         if not match_costs:
-            raise ValueError('HungarianAssigner needs at least one match cost')
+            raise ConfigError('HungarianAssigner needs at least one match cost')
         self.match_costs = [build_match_cost(cfg) for cfg in match_costs]
 
     def _cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, gt_labels: Tensor,

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ddetr.engine.hooks.preflight_hook import PreflightError
 from ddetr.engine.hooks.train_scale_hook import TrainScaleScheduleHook
-from ddetr.utils import ConfigError
+from ddetr.errors import ConfigError
 
 
 class PipelineDataset(Dataset):

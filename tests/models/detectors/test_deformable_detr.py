@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddetr.models import DeformableDETR, MultiScaleDeformableAttention
-from ddetr.models.layers.max_pool import ChannelsLastMaxPool2d
+from ddetr.models.fast_paths import ChannelsLastMaxPool2d
 from ddetr.models.utils import inverse_sigmoid
 
 VARIANTS = ['base', 'refine', 'twostage']

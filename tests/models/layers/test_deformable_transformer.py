@@ -178,7 +178,7 @@ def test_ffn_without_gradients_runs_in_chunks_with_the_same_result(monkeypatch):
     """Inference on CPU runs the FFN FFN_CHUNK_TOKENS tokens at a time (ReLU in place):
     the same outputs as the whole-tensor FFN that training runs, for any chunk size, and
     the input is left as it was."""
-    from ddetr.models.layers import transformer_layer
+    from ddetr.models import fast_paths
     torch.manual_seed(0)
     layer = DeformableDetrTransformerEncoderLayer(embed_dims=16, num_heads=4, num_levels=2,
                                                   num_points=2, feedforward_channels=64).eval()
@@ -190,7 +190,7 @@ def test_ffn_without_gradients_runs_in_chunks_with_the_same_result(monkeypatch):
     rows = []
     layer.linear1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
     for chunk in (7, 30, 60, 1000):  # a remainder, one chunk per sample, both samples, one chunk
-        monkeypatch.setattr(transformer_layer, 'FFN_CHUNK_TOKENS', chunk)
+        monkeypatch.setattr(fast_paths, 'FFN_CHUNK_TOKENS', chunk)
         rows.clear()
         with torch.no_grad():
             chunked = layer.forward_ffn(query, layer.norm2)

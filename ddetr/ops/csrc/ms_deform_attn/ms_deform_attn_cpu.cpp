@@ -264,8 +264,8 @@ namespace {
 // more afresh (unless a free chunk of the heap happens to fit it) and unmaps it when it is
 // freed, also with ddetr.engine.cpu_memory's setting (glibc's mmap threshold goes no
 // higher); every backward then page-faults each 4 KiB page of the gradient again: 11,000
-// faults, several times the kernel's own work at the decoder's few queries (README,
-// "Results"). Zeroing a kept block is one pass over memory that is already mapped. At most
+// faults, several times the kernel's own work at the decoder's few queries (docs/op.md,
+// benchmarks). Zeroing a kept block is one pass over memory that is already mapped. At most
 // kMaxBlocks freed blocks are kept (a training step frees one layer's value gradient before
 // the next layer's backward needs one); release_grad_cache() frees them.
 class GradBlockCache {

@@ -3,8 +3,8 @@
 mmengine's inheritance merges a child's dicts into the parent's, but a child's top-level
 ``data_root = ...`` does not reach the parent's ``train_dataloader.dataset.data_root``
 (the parent's value was substituted when the parent was read). So a user's config names
-the data at the top level and :func:`apply_custom_data` (called by every tool when it
-loads a config) writes them where they belong:
+the data at the top level and :func:`apply_custom_data` (called by
+:func:`ddetr.config.load_config`, the one way every tool reads a config) writes them where they belong:
 
 =====================  ====================================================================
 top-level name         written to
@@ -28,9 +28,11 @@ The step runs only when the config sets ``classes`` (or ``metainfo``) or one of 
 An ``*_ann_file`` without its ``*_img_dir`` (or the reverse), files without class
 names, class names that are not a non-empty list of distinct strings, ``classes`` and
 ``metainfo.classes`` that differ, and look-alike names (``train_img_prefix``,
-``val_ann``...) raise a ValueError naming the key.
+``val_ann``...) raise a :class:`ddetr.errors.ConfigError` naming the key.
 """
 import os.path as osp
+
+from ddetr.errors import ConfigError
 
 SPLITS = ('train', 'val', 'test')
 DATA_NAMES = tuple(f'{split}_{kind}' for split in SPLITS for kind in ('ann_file', 'img_dir'))
@@ -46,9 +48,9 @@ def _check_names(cfg, name: str) -> None:
         for split in SPLITS:
             if key.startswith((f'{split}_ann', f'{split}_img', f'{split}_image',
                                f'{split}_data_prefix')) and key not in DATA_NAMES:
-                raise ValueError(
+                raise ConfigError(
                     f'{name}: unknown top-level name `{key}`; the data names are '
-                    f'{", ".join(DATA_NAMES)} (see ddetr/datasets/custom_data.py)')
+                    f'{", ".join(DATA_NAMES)} (see ddetr/config/custom_data.py)')
 
 
 def _classes(cfg, name: str):
@@ -57,22 +59,22 @@ def _classes(cfg, name: str):
     meta_classes = metainfo.get('classes') if isinstance(metainfo, dict) else None
     if classes is not None and meta_classes is not None and \
             list(classes) != list(meta_classes):
-        raise ValueError(f'{name}: `classes` {list(classes)} and `metainfo.classes` '
+        raise ConfigError(f'{name}: `classes` {list(classes)} and `metainfo.classes` '
                          f'{list(meta_classes)} differ; set one of them')
     classes = classes if classes is not None else meta_classes
     if classes is None:
         return None
     if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or \
             len(classes) == 0:
-        raise ValueError(f'{name}: `classes` must be a non-empty list or tuple of class '
+        raise ConfigError(f'{name}: `classes` must be a non-empty list or tuple of class '
                          f'names, e.g. classes = (\'car\', \'person\'); got {classes!r}')
     duplicates = sorted({c for c in classes if list(classes).count(c) > 1})
     if duplicates:
-        raise ValueError(f'{name}: `classes` names {duplicates} more than once')
+        raise ConfigError(f'{name}: `classes` names {duplicates} more than once')
     return tuple(classes)
 
 
-def _innermost_dataset(dataset):
+def innermost_dataset(dataset):
     """The dataset itself under wrappers (RepeatDataset, ClassBalancedDataset...)."""
     while isinstance(dataset.get('dataset', None), dict):
         dataset = dataset['dataset']
@@ -95,14 +97,14 @@ def apply_custom_data(cfg):
     if classes is None and not given:
         return cfg
     if classes is None:
-        raise ValueError(f'{name}: {", ".join(given)} set but no class names: add '
+        raise ConfigError(f'{name}: {", ".join(given)} set but no class names: add '
                          f'classes = (...) with the names of the annotation file\'s '
                          f'categories')
     for split in SPLITS:
         ann, img = f'{split}_ann_file', f'{split}_img_dir'
         if (cfg.get(ann, None) is None) != (cfg.get(img, None) is None):
             missing = img if cfg.get(img, None) is None else ann
-            raise ValueError(f'{name}: `{ann}` and `{img}` go together; `{missing}` is '
+            raise ConfigError(f'{name}: `{ann}` and `{img}` go together; `{missing}` is '
                              f'missing')
     data_root = cfg.get('data_root', None) or ''
     dataset_type = cfg.get('dataset_type', None) or 'SafeCocoDataset'
@@ -113,7 +115,7 @@ def apply_custom_data(cfg):
         # the test split is the val split unless test_* names are given
         source = split if split != 'test' or cfg.get('test_ann_file', None) else 'val'
         ann_file = cfg.get(f'{source}_ann_file', None)
-        dataset = _innermost_dataset(cfg[loader_key]['dataset'])
+        dataset = innermost_dataset(cfg[loader_key]['dataset'])
         if ann_file is not None:
             if dataset.get('type') != dataset_type:
                 dataset.pop('synthetic', None)  # SyntheticShapesDataset's generator only

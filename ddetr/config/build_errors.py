@@ -1,105 +1,11 @@
-"""Small helpers shared by ddetr's tools and tests."""
+"""Config mistakes that surface while building: the TypeError Python raises for a misspelt
+or missing constructor key, and mmengine's KeyError for a ``type`` no registry has, turned
+into a :class:`ddetr.errors.ConfigError` that names the key and the nearest valid name.
+"""
 import contextlib
 import re
 
-from mmengine.registry import init_default_scope
-
-
-def register_all_modules(init_scope: bool = True) -> None:
-    """Import every module that registers something (ddetr's and mmdet's), and make
-    ``ddetr`` the default registry scope, as mmdet's ``register_all_modules`` does."""
-    import mmdet.datasets  # noqa: F401
-    import mmdet.engine  # noqa: F401
-    import mmdet.evaluation  # noqa: F401
-    import mmdet.models  # noqa: F401
-    import mmdet.visualization  # noqa: F401
-
-    import ddetr.datasets  # noqa: F401
-    import ddetr.engine  # noqa: F401
-    import ddetr.evaluation  # noqa: F401
-    import ddetr.models  # noqa: F401
-    if init_scope:
-        init_default_scope('ddetr')
-
-
-def add_trust_checkpoint_argument(parser) -> None:
-    """``--trust-checkpoint`` of the tools that load checkpoints (see
-    :mod:`ddetr.engine.checkpoint`)."""
-    parser.add_argument('--trust-checkpoint', action='store_true',
-                        help='unpickle any Python object a checkpoint holds, not only '
-                        'tensors and mmengine\'s own types (a pickle can run code: only for '
-                        'files you trust; same as DDETR_TRUST_CHECKPOINTS=1)')
-
-
-def apply_trust_checkpoint_argument(args) -> None:
-    if getattr(args, 'trust_checkpoint', False):
-        import os
-
-        from ddetr.engine.checkpoint import TRUST_ENV
-        os.environ[TRUST_ENV] = '1'
-
-
-def parse_cfg_options(options):
-    """``--cfg-options`` KEY=VALUE strings -> dict for ``Config.merge_from_dict``, with
-    mmengine's value parsing (numbers, lists, tuples, True/False/None)."""
-    from mmengine.config import DictAction
-    parsed = {}
-    for option in options:
-        if '=' not in option:
-            raise ValueError(f'--cfg-options: "{option}" is not KEY=VALUE')
-        key, value = option.split('=', maxsplit=1)
-        parsed[key] = DictAction._parse_iterable(value)
-    return parsed
-
-
-def load_run_config(config: str, cfg_options=None, work_dir=None, launcher: str = 'none'):
-    """The config of a train/test run with the command line applied: ``--cfg-options``
-    merged, the top-level data names of a custom dataset written into the dataloaders
-    (:func:`ddetr.datasets.custom_data.apply_custom_data`), ``work_dir`` (default
-    ``work_dirs/<config name>``) and ``launcher`` set, and for distributed runs without GPUs
-    the gloo setup of :func:`setup_cpu_distributed`. The Runner that takes it loads
-    checkpoints with ddetr's safe loader."""
-    import os.path as osp
-
-    import torch
-    from mmengine.config import Config
-
-    from ddetr.datasets.custom_data import apply_custom_data
-    from ddetr.engine.checkpoint import use_safe_checkpoint_loader
-    use_safe_checkpoint_loader()
-
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config {config} does not exist')
-    cfg = Config.fromfile(config)
-    cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(parse_cfg_options(cfg_options))
-    apply_custom_data(cfg)
-    cfg.work_dir = work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(config))[0])
-    if launcher != 'none' and not torch.cuda.is_available():
-        setup_cpu_distributed(cfg)
-    return cfg
-
-
-def setup_cpu_distributed(cfg):
-    """Distributed runs without GPUs: processes talk over gloo and DDP gets no device ids.
-    mmengine's own init_dist always selects a CUDA device, so the process group is set up
-    here (from torchrun's environment) before the Runner, which then reuses it."""
-    import torch.distributed as dist
-    if cfg.launcher != 'pytorch':
-        raise NotImplementedError(f'--launcher {cfg.launcher} without GPUs: use pytorch '
-                                  f'(tools/dist_train.sh, tools/dist_test.sh)')
-    if not dist.is_initialized():
-        dist.init_process_group(backend='gloo')
-    cfg.model_wrapper_cfg = dict(
-        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
-
-
-class ConfigError(ValueError):
-    """A config that does not build: a key its class does not take, or one it needs."""
-
+from ddetr.errors import ConfigError
 
 _UNEXPECTED = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 _UNREGISTERED = re.compile(r"^(\w+) is not in the (\w+::)?(.+?) registry")

@@ -1,6 +1,6 @@
-"""ddetr.utils: a misspelt or missing config key becomes a ConfigError that names it (and
-the nearest key the class takes), from build_detector and from tools/train.py, while other
-TypeErrors keep their traceback."""
+"""ddetr.config.build_errors: a misspelt or missing config key becomes a ConfigError that
+names it (and the nearest key the class takes), from build_detector and from
+tools/train.py, while other TypeErrors keep their traceback."""
 import os
 import os.path as osp
 import subprocess
@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
-from ddetr.apis import build_detector, load_config
-from ddetr.utils import ConfigError, explain_build_error, register_all_modules
+from ddetr.apis import build_detector
+from ddetr.config import explain_build_error, load_config
+from ddetr.errors import ConfigError
+from ddetr.setup_env import register_all_modules
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 
 

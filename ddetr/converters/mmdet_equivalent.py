@@ -1,8 +1,8 @@
 """MMDetection 3.3's DeformableDETR equivalent to a ddetr model config, with the same
 weights: the config translation (variant flags, sizes, losses, matcher) and a builder that
-initializes mmdet's model and loads its weights into ddetr's through mmdet2ddetr.
+initializes mmdet's model and loads its weights into ddetr's through :mod:`ddetr.converters.mmdetection`.
 
-    from mmdet_equivalent import build_equivalent_pair
+    from ddetr.converters.mmdet_equivalent import build_equivalent_pair
     ddetr_model, mmdet_model = build_equivalent_pair(cfg.model)
 
 Only what both implement translates: the channel-mapper neck (no BiFPN/FPN of Table 2),
@@ -11,18 +11,15 @@ embed_dims 256 (mmdet's proposal embedding hard-codes 128 features per coordinat
 Anything else raises ConversionError naming the setting.
 """
 import copy
-import os.path as osp
-import sys
 from typing import Tuple
 
 import torch
 from torch import nn
 
 from ddetr.apis.inference import init_weights_quietly
+from ddetr.errors import ConversionError
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from converter_utils import ConversionError  # noqa: E402
-from mmdet2ddetr import convert_state_dict  # noqa: E402
+from .mmdetection import convert_state_dict
 
 # ddetr's defaults (DeformableDetrTransformer*Layer, MultiScaleDeformableAttention)
 LAYER_DEFAULTS = dict(embed_dims=256, num_heads=8, feedforward_channels=1024, dropout=0.1)
@@ -157,7 +154,7 @@ def build_equivalent_pair(model_cfg: dict, seed: int = 0,
     layer hides a difference), then converted with mmdet2ddetr and loaded strictly into
     ddetr's (neck biases zero). Both in eval mode."""
     from ddetr.registry import MODELS
-    from ddetr.utils import register_all_modules
+    from ddetr.setup_env import register_all_modules
     mmdet_model = build_mmdet_model(model_cfg, seed)
     if noise:
         gen = torch.Generator().manual_seed(seed)

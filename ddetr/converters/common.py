@@ -10,6 +10,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import Tensor
 
+from ddetr.errors import ConversionError
+
 # COCO category ids (1..90) of the 80 contiguous classes, in mmdet's CocoDataset order:
 # row i of an 80-class head is row COCO80_CATEGORY_IDS[i] of the original 91-row head.
 COCO80_CATEGORY_IDS = [
@@ -24,20 +26,32 @@ StateDict = Dict[str, Tensor]
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
 
-class ConversionError(Exception):
-    """A problem with the input (file, key or shape); the message names it."""
-
-
 def load_torch_file(path: str, trusted: bool = False) -> object:
     """torch.load on CPU with errors naming the file. Without ``trusted`` only tensors, the
     types of mmengine's own checkpoints and argparse's ``Namespace`` (the original release
     stores its ``args`` so) are unpickled; ``trusted`` unpickles anything: only for files
-    you trust."""
+    you trust.
+
+    A safetensors file (flat tensors and str -> str metadata) is returned in the layout
+    ``torch.load`` gives for the same checkpoint saved as ``.pth``: with an ``args``
+    metadata entry (the original release's) ``{'model': tensors, 'args': args}``, with
+    other metadata mmengine's ``{'state_dict': tensors, 'meta': metadata}``, without any
+    the bare state dict."""
     import argparse
 
-    from ddetr.engine.checkpoint import refused_type, safe_globals
+    from ddetr.engine.checkpoint import is_safetensors, read_safetensors, refused_type, \
+        safe_globals
+    from ddetr.errors import CheckpointError
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')
+    if is_safetensors(path):
+        try:
+            tensors, meta = read_safetensors(path)
+        except CheckpointError as e:
+            raise ConversionError(f'{path}: not a readable safetensors file ({e})') from None
+        if 'args' in meta:
+            return {'model': tensors, 'args': meta['args']}
+        return {'state_dict': tensors, 'meta': meta} if meta else tensors
     try:
         if trusted:
             return torch.load(path, map_location='cpu', weights_only=False)
@@ -156,19 +170,13 @@ def verify_against_config(state_dict: StateDict, config: str, num_classes: Optio
     """Build the ddetr model of ``config`` (no pretrained download) and list every problem
     loading ``state_dict`` into it would have: missing / unexpected keys, shape mismatches.
     An empty list means an exact fit."""
-    from mmengine.config import Config
+    from ddetr.apis import build_detector
+    from ddetr.config import load_config
 
-    from ddetr.registry import MODELS
-    from ddetr.utils import register_all_modules
-
-    register_all_modules()
-    cfg = Config.fromfile(config)
-    cfg.model.backbone.init_cfg = None
-    if num_classes is not None:
-        cfg.model.bbox_head.num_classes = num_classes
+    cfg = load_config(config, num_classes=num_classes, no_downloads=True)
     for key, value in (overrides or {}).items():
         cfg.model[key] = value
-    model_state = MODELS.build(cfg.model).state_dict()
+    model_state = build_detector(cfg).state_dict()
     problems = [f'missing in the converted checkpoint: {k}' for k in model_state
                 if k not in state_dict]
     problems += [f'not in the model of {config}: {k}' for k in state_dict if k not in model_state]
