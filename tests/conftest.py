@@ -2,9 +2,15 @@
 import contextlib
 import io
 import os
+import os.path as osp
 
+import cv2
+import numpy as np
 import pytest
 import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 
 
 class MakesADirectory:
@@ -55,3 +61,35 @@ def stops_in_one_line(main, argv, status: int = 1) -> str:
 def one_line_exit():
     """:func:`stops_in_one_line`, for tests that call a tool's ``main`` in-process."""
     return stops_in_one_line
+
+
+@pytest.fixture(scope='session')
+def tiny_config(tmp_path_factory):
+    """The quick-start model (two-stage + refinement) with 1 + 1 layers and 10 queries."""
+    path = tmp_path_factory.mktemp('cfg') / 'tiny.py'
+    path.write_text(f"""
+_base_ = {QUICKSTART!r}
+model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
+""")
+    return str(path)
+
+
+def write_test_image(path, height=96, width=128, seed=0) -> str:
+    """A random image with a red square, written to ``path``; returns the path."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    cv2.rectangle(img, (20, 30), (70, 80), (0, 0, 255), -1)
+    cv2.imwrite(str(path), img)
+    return str(path)
+
+
+@pytest.fixture
+def image_writer():
+    """:func:`write_test_image`."""
+    return write_test_image
+
+
+@pytest.fixture(scope='session')
+def image(tmp_path_factory):
+    """One 96 x 128 test image file."""
+    return write_test_image(tmp_path_factory.mktemp('img') / 'shapes.jpg')

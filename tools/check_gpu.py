@@ -50,6 +50,7 @@ def memcheck_workload(device: str = 'cuda') -> int:
     and both backward paths (head_dims a multiple of 32 or not); returns the calls made.
     compute-sanitizer runs this to find out-of-bounds reads and writes in the kernels."""
     import torch
+
     from ddetr.ops import ms_deform_attn, msda_backend
     gen = torch.Generator().manual_seed(0)
     shapes = torch.tensor([(13, 7), (5, 9), (1, 1), (3, 2)], dtype=torch.int64)

@@ -13,8 +13,8 @@ detections of ``init_detector`` + ``inference_detector``.
 A batch runs images of one network-input size together. Images of different sizes are
 not padded into one tensor: the transformer masks padding, but the backbone sees it at the
 border of the smaller image, which moves its scores (by ~1e-3 on the quick-start model)
-and can reorder its detections, so the result would depend on ``batch_size``. They run as separate batches,
-and every image gets the detections it gets alone.
+and can reorder its detections, so the result would depend on ``batch_size``. They run as
+separate batches, and every image gets the detections it gets alone.
 """
 import itertools
 import os

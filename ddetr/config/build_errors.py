@@ -73,6 +73,7 @@ def _failing_registry(err: BaseException):
     """The registry whose build raised ``err``: the ``registry`` local of mmengine's
     ``build_from_cfg`` in the traceback, or None."""
     import traceback
+
     from mmengine.registry import Registry
     for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
         registry = frame.f_locals.get('registry')

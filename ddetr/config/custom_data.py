@@ -4,7 +4,8 @@ mmengine's inheritance merges a child's dicts into the parent's, but a child's t
 ``data_root = ...`` does not reach the parent's ``train_dataloader.dataset.data_root``
 (the parent's value was substituted when the parent was read). So a user's config names
 the data at the top level and :func:`apply_custom_data` (called by
-:func:`ddetr.config.load_config`, the one way every tool reads a config) writes them where they belong:
+:func:`ddetr.config.load_config`, the one way every tool reads a config) writes them where
+they belong:
 
 =====================  ====================================================================
 top-level name         written to

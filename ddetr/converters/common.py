@@ -39,8 +39,7 @@ def load_torch_file(path: str, trusted: bool = False) -> object:
     the bare state dict."""
     import argparse
 
-    from ddetr.engine.checkpoint import is_safetensors, read_safetensors, refused_type, \
-        safe_globals
+    from ddetr.engine.checkpoint import is_safetensors, read_safetensors, refused_type, safe_globals
     from ddetr.errors import CheckpointError
     if not osp.isfile(path):
         raise ConversionError(f'{path}: no such file')

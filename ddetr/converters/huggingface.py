@@ -65,7 +65,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ddetr.errors import ConversionError
+from ddetr.engine.checkpoint import read_safetensors
+from ddetr.errors import CheckpointError, ConversionError
 
 from .common import COCO80_CATEGORY_IDS, StateDict, check_state_dict, load_torch_file, rename
 from .official import _convert_input_proj
@@ -183,15 +184,11 @@ def read_hf_weights(hf_dir: str) -> Tuple[StateDict, str]:
 
 
 def _read_safetensors(path: str) -> StateDict:
-    from safetensors import safe_open
-    if not osp.isfile(path):
-        raise ConversionError(f'{path}: no such file')
     try:
-        with safe_open(path, framework='pt', device='cpu') as f:
-            return OrderedDict((key, f.get_tensor(key)) for key in f.keys())
-    except Exception as e:  # safetensors' own errors: a bad header, a truncated file
-        raise ConversionError(f'{path}: not a readable safetensors file ({type(e).__name__}: '
-                              f'{e})') from None
+        tensors, _ = read_safetensors(path)  # the metadata of the hub's files: format only
+    except CheckpointError as e:
+        raise ConversionError(f'{path}: not a readable safetensors file ({e})') from None
+    return tensors
 
 
 # ------------------------------------------------------------------ the variant

@@ -1,6 +1,7 @@
 """MMDetection 3.3's DeformableDETR equivalent to a ddetr model config, with the same
 weights: the config translation (variant flags, sizes, losses, matcher) and a builder that
-initializes mmdet's model and loads its weights into ddetr's through :mod:`ddetr.converters.mmdetection`.
+initializes mmdet's model and loads its weights into ddetr's through
+:mod:`ddetr.converters.mmdetection`.
 
     from ddetr.converters.mmdet_equivalent import build_equivalent_pair
     ddetr_model, mmdet_model = build_equivalent_pair(cfg.model)
@@ -136,9 +137,9 @@ def mmdet_model_cfg(model_cfg: dict) -> dict:
 def build_mmdet_model(model_cfg: dict, seed: int = 0) -> nn.Module:
     """mmdet's DeformableDETR equivalent to ddetr's ``model_cfg``, initialized by its own
     ``init_weights`` (random, no pretrained backbone) with ``seed``."""
-    from mmengine.registry import DefaultScope
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmdet.utils import register_all_modules as register_mmdet
+    from mmengine.registry import DefaultScope
     register_mmdet(init_default_scope=False)
     torch.manual_seed(seed)
     with DefaultScope.overwrite_default_scope('mmdet'):

@@ -20,8 +20,14 @@ from typing import List, Optional, Tuple
 
 from ddetr.errors import ConversionError
 
-from .common import StateDict, check_state_dict, load_torch_file, rename, select_class_rows, \
-    strip_prefix
+from .common import (
+    StateDict,
+    check_state_dict,
+    load_torch_file,
+    rename,
+    select_class_rows,
+    strip_prefix,
+)
 
 LINEAR = r'(weight|bias)'
 ATTN = r'(sampling_offsets|attention_weights|value_proj|output_proj)'

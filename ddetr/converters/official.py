@@ -33,8 +33,14 @@ import torch
 
 from ddetr.errors import ConversionError
 
-from .common import StateDict, check_state_dict, load_torch_file, rename, select_class_rows, \
-    strip_prefix
+from .common import (
+    StateDict,
+    check_state_dict,
+    load_torch_file,
+    rename,
+    select_class_rows,
+    strip_prefix,
+)
 
 LINEAR = r'(weight|bias)'
 # the original numbers a decoder layer's norms norm2 (after self-attention), norm1 (after

@@ -22,6 +22,7 @@ from mmdet.datasets import CocoDataset
 from mmengine.logging import print_log
 
 from ddetr.registry import DATASETS
+
 from .transforms.loading import ImageLoadError, load_image
 
 _DROP_REASONS = {'invalid': 'non-finite coordinates', 'empty': 'zero width, height or area',

@@ -5,6 +5,7 @@ from typing import Optional
 
 from ddetr.errors import ConfigError
 from ddetr.registry import DATASETS
+
 from .safe_coco import SafeCocoDataset
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, ensure_synthetic_coco
 

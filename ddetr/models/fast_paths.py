@@ -166,8 +166,8 @@ def ffn_chunk_tokens(query: Tensor) -> int:
     hidden channels is allocated (the encoder's at 800x1333 is 91 MB a layer, mapped
     afresh each time) and the matrix multiplies write cache-sized outputs. Every operation
     is row by row, so the result is the same up to the matrix multiply's blocking."""
-    if query.is_cpu and not torch.is_grad_enabled() and enabled():
-        return FFN_CHUNK_TOKENS
+    if query.is_cpu and not torch.is_grad_enabled() and enabled() and not _tracing():
+        return FFN_CHUNK_TOKENS  # (a trace would fix the number of chunks at its size)
     return 0
 
 

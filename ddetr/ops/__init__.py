@@ -3,8 +3,14 @@ attention (:mod:`.ms_deform_attn`; the extension and backend choice in :mod:`.ex
 its argument rules in :mod:`.msda_checks`, the fallback in :mod:`.msda_fallback`) and the
 counter-based dropout (:mod:`.dropout`)."""
 from .dropout import HAS_COUNTER_DROPOUT, counter_dropout
-from .extension import (BACKEND_ENV, BACKENDS, HAS_COMPILED_OP, backend_info, msda_backend,
-                        release_grad_cache)
+from .extension import (
+                        BACKEND_ENV,
+                        BACKENDS,
+                        HAS_COMPILED_OP,
+                        backend_info,
+                        msda_backend,
+                        release_grad_cache,
+)
 from .ms_deform_attn import ms_deform_attn
 from .msda_checks import check_level_shapes, level_shapes, level_starts
 from .msda_fallback import ms_deform_attn_pytorch

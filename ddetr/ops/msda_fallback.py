@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .msda_checks import check_level_shapes, check_metadata, level_shapes, level_starts, \
-    values_on_host
+from .msda_checks import (
+    check_level_shapes,
+    check_metadata,
+    level_shapes,
+    level_starts,
+    values_on_host,
+)
 
 __all__ = ['ms_deform_attn_pytorch']
 

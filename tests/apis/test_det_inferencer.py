@@ -17,22 +17,9 @@ from ddetr.engine.checkpoint import save_safetensors
 from ddetr.errors import CheckpointError, DdetrError, ImageLoadError
 from ddetr.models import DeformableDETR
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 CLASSES = tuple(f'thing{i}' for i in range(6))
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-@pytest.fixture(scope='module')
-def tiny_config(tmp_path_factory):
-    """The quick-start model (two-stage + refinement) with 1 + 1 layers and 10 queries."""
-    path = tmp_path_factory.mktemp('cfg') / 'tiny.py'
-    path.write_text(f"""
-_base_ = {QUICKSTART!r}
-model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
-""")
-    return str(path)
 
 
 @pytest.fixture(scope='module')

@@ -61,7 +61,8 @@ def test_train_tool_stops_in_one_line_on_a_misspelt_key(tmp_path):
     assert proc.returncode != 0
     assert 'Traceback' not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('train.py: error: the config gives DeformableDetrTransformerEncoderLayer')
+    assert last.startswith('train.py: error: the config gives '
+                           'DeformableDetrTransformerEncoderLayer')
     assert "'num_head' (did you mean 'num_heads'?)" in last
 
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 from mmdet.evaluation import CocoMetric
 
-from ddetr.datasets import (SYNTHETIC_CLASSES, SyntheticShapesDataset,
-                            ensure_synthetic_coco)
+from ddetr.datasets import SYNTHETIC_CLASSES, SyntheticShapesDataset, ensure_synthetic_coco
 from ddetr.datasets.synthetic import MANIFEST, _image_rng, render_image
-from ddetr.registry import DATASETS
 from ddetr.errors import DataError
+from ddetr.registry import DATASETS
 from ddetr.setup_env import register_all_modules
 
 TINY = dict(num_train=4, num_val=3, seed=3, min_side=64, max_side=96, progress=False)

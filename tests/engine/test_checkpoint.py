@@ -9,8 +9,13 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer
 
-from ddetr.engine.checkpoint import (TRUST_ENV, UntrustedCheckpointError, is_safetensors,
-                                     load_checkpoint_file, save_safetensors)
+from ddetr.engine.checkpoint import (
+    TRUST_ENV,
+    UntrustedCheckpointError,
+    is_safetensors,
+    load_checkpoint_file,
+    save_safetensors,
+)
 from ddetr.errors import CheckpointError
 
 

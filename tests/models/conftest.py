@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from mmengine.structures import InstanceData
 from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
 
 from ddetr.models import DeformableDETR
 

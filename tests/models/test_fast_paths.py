@@ -2,7 +2,6 @@
 max-pool and zero_masked to the bit, the dropout module nn.Dropout's distribution and
 replay), and the one switch (DDETR_FAST_PATHS=0, disabled()) sends every path to plain
 PyTorch, for the whole detector too."""
-import math
 
 import pytest
 import torch
@@ -12,8 +11,12 @@ from mmdet.models.backbones import ResNet
 from torch import nn
 
 from ddetr.models import fast_paths
-from ddetr.models.fast_paths import (ChannelsLastMaxPool2d, Dropout, use_channels_last_max_pool,
-                                     zero_masked)
+from ddetr.models.fast_paths import (
+    ChannelsLastMaxPool2d,
+    Dropout,
+    use_channels_last_max_pool,
+    zero_masked,
+)
 from ddetr.ops import HAS_COUNTER_DROPOUT, counter_dropout
 
 compiled_only = pytest.mark.skipif(not HAS_COUNTER_DROPOUT, reason='ddetr._C is not built')

@@ -4,8 +4,13 @@ import math
 import pytest
 import torch
 
-from ddetr.models.utils import (average_across_processes, box_cxcywh_to_xyxy,
-                                box_xyxy_to_cxcywh, inverse_sigmoid, offset_boxes)
+from ddetr.models.utils import (
+    average_across_processes,
+    box_cxcywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    inverse_sigmoid,
+    offset_boxes,
+)
 
 
 def test_inverse_sigmoid_clamps_at_eps():

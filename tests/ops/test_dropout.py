@@ -5,8 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 
 from ddetr.ops import HAS_COUNTER_DROPOUT, counter_dropout
 

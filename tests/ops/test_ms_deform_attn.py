@@ -1,16 +1,21 @@
 """ddetr.ops.ms_deform_attn: the compiled CPU kernel (every instruction-set path), its
 autograd and fake registrations, the grid_sample fallback, and the argument checks."""
 import os
-import sys
 import warnings
 
 import pytest
 import torch
 
-from ddetr.ops import (BACKEND_ENV, HAS_COMPILED_OP, check_level_shapes, ms_deform_attn,
-                       ms_deform_attn_pytorch, msda_backend)
-
-from ddetr.ops import extension, msda_fallback
+from ddetr.ops import (
+    BACKEND_ENV,
+    HAS_COMPILED_OP,
+    check_level_shapes,
+    extension,
+    ms_deform_attn,
+    ms_deform_attn_pytorch,
+    msda_backend,
+    msda_fallback,
+)
 
 # Tests of the kernel itself (its ISA paths, its raw C++ op and work split, its comparison
 # with the fallback) need the extension; every behavioural test runs on both backends.
@@ -138,7 +143,8 @@ def test_encoder_like_shapes_match_reference(isa):
                          num_heads=8, head_dims=32, num_points=4, spread=0.2)
     grad_out = torch.randn(2, 96, 256, dtype=torch.float64)
     for name, a, b in zip(['output', 'grad_value', 'grad_locations', 'grad_weights'],
-                          grads(ms_deform_attn, inputs, grad_out), grads(reference, inputs, grad_out)):
+                          grads(ms_deform_attn, inputs, grad_out),
+                          grads(reference, inputs, grad_out)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
@@ -180,7 +186,8 @@ def test_non_finite_locations_read_zeros_and_never_crash(isa):
     for t in (value, bad, attn):
         t.requires_grad_(True)
     ms_deform_attn(value, shapes, starts, bad, attn).sum().backward()
-    assert torch.equal(bad.grad, torch.zeros_like(bad)) and torch.equal(attn.grad, torch.zeros_like(attn))
+    assert torch.equal(bad.grad, torch.zeros_like(bad))
+    assert torch.equal(attn.grad, torch.zeros_like(attn))
     assert torch.equal(value.grad, torch.zeros_like(value))
 
 
@@ -198,7 +205,8 @@ def test_vector_kernels_read_zeros_off_the_map_even_next_to_infinite_values(isa,
     off = torch.tensor([-1e9, -0.6, 1.6, 1e9, float('nan'), float('inf'), -float('inf')])
     far = off[torch.randint(0, len(off), loc.shape, generator=gen)].to(dtype)
     far[..., 0] = torch.where(torch.rand(far.shape[:-1], generator=gen) < 0.3, 0.5, far[..., 0])
-    leaves = [t.clone().requires_grad_(True) for t in (torch.full_like(value, float('inf')), far, attn)]
+    leaves = [t.clone().requires_grad_(True)
+              for t in (torch.full_like(value, float('inf')), far, attn)]
     out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2])
     assert torch.equal(out, torch.zeros_like(out))
     out.backward(torch.ones_like(out))
@@ -407,7 +415,8 @@ def test_onnx_export_traces_the_fallback(monkeypatch):
     assert calls == [1]
 
 
-@compiled_only  # opcheck tests the registration of the torch.ops custom op, which only the extension defines
+# opcheck tests the registration of the torch.ops custom op, which only the extension defines
+@compiled_only
 def test_opcheck():
     for head_dims in (4, 32):
         inputs = make_inputs(head_dims=head_dims, dtype=torch.float32)

@@ -1,6 +1,5 @@
 """ms_deform_attn's CUDA kernel against the CPU float64 kernel (skipped without a GPU; CUDA
 is not touched at import: ``torch.cuda.is_available`` does not initialize it)."""
-import sys
 
 import pytest
 import torch

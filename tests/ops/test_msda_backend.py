@@ -1,14 +1,18 @@
 """ddetr.ops.msda_backend / DDETR_MSDA_BACKEND (the minimal selector the ONNX export uses)
 and level_shapes (symbolic level sizes while tracing)."""
-import sys
 import warnings
 
 import pytest
 import torch
 
-from ddetr.ops import level_shapes, level_starts, ms_deform_attn, msda_backend
-
-from ddetr.ops import extension, msda_fallback
+from ddetr.ops import (
+    extension,
+    level_shapes,
+    level_starts,
+    ms_deform_attn,
+    msda_backend,
+    msda_fallback,
+)
 
 
 def make_inputs():

@@ -4,22 +4,19 @@ captured, pixel conversion, the picture), benchmark_model (a smoke run against m
 the mmdet equivalent it builds, benchmark_op's floor, benchmark_dropout and profile_step.
 (The demo's tests: tests/tools/test_demo.py.)"""
 import json
-import os
 import os.path as osp
 import re
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import stops_in_one_line
 from ddetr.apis import build_detector, init_detector
 from ddetr.config import load_config
 from ddetr.errors import ConversionError
-from ddetr.ops import HAS_COMPILED_OP, HAS_COUNTER_DROPOUT
+from ddetr.ops import HAS_COMPILED_OP, HAS_COUNTER_DROPOUT, extension
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
@@ -31,36 +28,12 @@ import benchmark_op  # noqa: E402
 import model_complexity  # noqa: E402
 import profile_step  # noqa: E402
 import vis_sampling_points as vis  # noqa: E402
+
 from ddetr.converters.mmdet_equivalent import mmdet_model_cfg  # noqa: E402
+
 from test_train_test import write_config  # noqa: E402
 
-
-
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-@pytest.fixture(scope='module')
-def tiny_config(tmp_path_factory):
-    """The quick-start model (two-stage + refinement) with 1 + 1 layers and 10 queries."""
-    path = tmp_path_factory.mktemp('cfg') / 'tiny.py'
-    path.write_text(f"""
-_base_ = {QUICKSTART!r}
-model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
-""")
-    return str(path)
-
-
-def write_image(path, height=96, width=128, seed=0):
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    cv2.rectangle(img, (20, 30), (70, 80), (0, 0, 255), -1)
-    cv2.imwrite(str(path), img)
-    return str(path)
-
-
-@pytest.fixture(scope='module')
-def image(tmp_path_factory):
-    return write_image(tmp_path_factory.mktemp('img') / 'shapes.jpg')
 
 
 # ------------------------------------------------------------------ model_complexity
@@ -78,9 +51,8 @@ def test_complexity_counts_the_deformable_attention_op(tiny_config, backend, mon
     if backend == 'compiled' and not HAS_COMPILED_OP:
         pytest.skip('ddetr._C not built')
     if backend == 'fallback':
-        op_module = sys.modules['ddetr.ops.ms_deform_attn']
-        monkeypatch.setattr(op_module, '_has_kernel', lambda device: False)
-        monkeypatch.setattr(op_module, '_warned', True)
+        monkeypatch.setattr(extension, 'has_kernel', lambda device: False)
+        monkeypatch.setattr(extension, '_warned', True)
     cfg = load_config(tiny_config)
     model = build_detector(cfg).eval()
     shape = (96, 128)
@@ -130,7 +102,7 @@ def test_complexity_matches_the_original_release_convention():
         assert counts['trainable'] < counts['original']  # frozen stem, stage 1 and BN
 
 
-def test_complexity_cli(tiny_config, capsys):
+def test_complexity_cli(tiny_config, capsys, one_line_exit):
     assert model_complexity.main([tiny_config, '--shape', '96', '128', '--fps-iters', '1']) == 0
     out = capsys.readouterr().out
     row = [line for line in out.splitlines() if re.match(r'\| [\d,]+ \|', line)]
@@ -143,7 +115,7 @@ def test_complexity_cli(tiny_config, capsys):
     with pytest.raises(SystemExit):
         model_complexity.parse_args(['--help'])
     assert 'multiply-add is ONE FLOP' in capsys.readouterr().out
-    assert 'config missing.py does not exist' in stops_in_one_line(model_complexity.main,
+    assert 'config missing.py does not exist' in one_line_exit(model_complexity.main,
                                                                    ['missing.py'])
 
 
@@ -227,7 +199,7 @@ def test_pixel_conversion():
         vis.encoder_query_index((0, 0), 2, shapes, starts, torch.ones(2, 2), (100, 200))
 
 
-def test_vis_tool_writes_the_figure(tiny_config, image, tmp_path, capsys):
+def test_vis_tool_writes_the_figure(tiny_config, image, tmp_path, capsys, one_line_exit):
     out = tmp_path / 'fig' / 'fig6.png'
     assert vis.main([tiny_config, 'none', image, '--out', str(out), '--query-point', '45',
                      '55']) == 0
@@ -242,9 +214,9 @@ def test_vis_tool_writes_the_figure(tiny_config, image, tmp_path, capsys):
     m = re.search(r'reference point \(([\d.]+), ([\d.]+)\)', printed)
     assert (float(m[1]), float(m[2])) == ((45 // stride + 0.5) * stride,
                                           (55 // stride + 0.5) * stride) == (46.0, 54.0)
-    assert '--query-index 10: the model has 10 object queries' in stops_in_one_line(
+    assert '--query-index 10: the model has 10 object queries' in one_line_exit(
         vis.main, [tiny_config, 'none', image, '--query-index', '10', '--out', str(out)])
-    assert f'image file not found: {tmp_path / "nope.jpg"}' in stops_in_one_line(
+    assert f'image file not found: {tmp_path / "nope.jpg"}' in one_line_exit(
         vis.main, [tiny_config, 'none', str(tmp_path / 'nope.jpg'), '--out', str(out)])
 
 
@@ -263,7 +235,7 @@ def test_mmdet_equivalent_refuses_what_mmdet_lacks():
         mmdet_model_cfg(model_of('table2/ddetr_r50_ms_inputs_k4.py'))
 
 
-def test_benchmark_smoke(tmp_path, capsys):
+def test_benchmark_smoke(tmp_path, capsys, one_line_exit):
     """A tiny Table 1 base model (ResNet-18, 1 + 1 layers) at 64 x 96: both rows, the
     ratios and memory are reported and the two models compute the same outputs."""
     config = tmp_path / 'tiny_r50.py'
@@ -297,14 +269,14 @@ model = dict(num_queries=30, backbone=dict(depth=18), neck=dict(in_channels=[128
     assert results['with_cp']['train_peak_mb'] > 0
     assert results['with_cp']['without_train_peak_mb'] == results['peak_mb']['ddetr']['train']
     assert 'activation checkpointing (with_cp=True' in out
-    assert 'does not exist' in stops_in_one_line(benchmark_model.main,
+    assert 'does not exist' in one_line_exit(benchmark_model.main,
                                                  [str(tmp_path / 'nope.py')])
 
 
-def test_benchmark_model_names_a_misspelt_config_key(capsys):
+def test_benchmark_model_names_a_misspelt_config_key(capsys, one_line_exit):
     """A typo in --cfg-options stops before any timing with the key and its likely fix,
     not with a traceback through the constructors."""
-    err = stops_in_one_line(benchmark_model.main, ['--cfg-options', 'model.encoder.num_layerz=2',
+    err = one_line_exit(benchmark_model.main, ['--cfg-options', 'model.encoder.num_layerz=2',
                                                    '--no-memory'])
     assert "'num_layerz'" in err and "did you mean 'num_layers'" in err
 
@@ -375,13 +347,13 @@ def test_profile_step_tables_a_training_step(tmp_path, capsys):
     assert json.loads(trace.read_text())['traceEvents']
 
 
-def test_profile_step_names_a_missing_config(capsys):
-    assert 'nope/missing.py does not exist' in stops_in_one_line(profile_step.main,
+def test_profile_step_names_a_missing_config(capsys, one_line_exit):
+    assert 'nope/missing.py does not exist' in one_line_exit(profile_step.main,
                                                                  ['nope/missing.py'])
 
 
-def test_amp_geometry_error_names_a_misspelt_config_key(tmp_path, capsys):
+def test_amp_geometry_error_names_a_misspelt_config_key(tmp_path, capsys, one_line_exit):
     config = tmp_path / 'typo.py'
     config.write_text(f"_base_ = {QUICKSTART!r}\nmodel = dict(neck=dict(out_channel=64))\n")
-    err = stops_in_one_line(amp_geometry_error.main, [str(config), '--shape', '64', '64'])
+    err = one_line_exit(amp_geometry_error.main, [str(config), '--shape', '64', '64'])
     assert "'out_channel' (did you mean 'out_channels'?)" in err

@@ -4,6 +4,7 @@ code never runs."""
 import os
 
 import pytest
+
 from test_train_test import QUICKSTART, run, write_config
 
 

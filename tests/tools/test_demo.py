@@ -18,7 +18,6 @@ from ddetr.apis import inference_detector, init_detector
 from ddetr.engine.checkpoint import save_safetensors
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 DEMO = osp.join(ROOT, 'tools', 'demo.py')
 
 _spec = importlib.util.spec_from_file_location('ddetr_demo_tool', DEMO)
@@ -26,30 +25,6 @@ demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-@pytest.fixture(scope='module')
-def tiny_config(tmp_path_factory):
-    """The quick-start model (two-stage + refinement) with 1 + 1 layers and 10 queries."""
-    path = tmp_path_factory.mktemp('cfg') / 'tiny.py'
-    path.write_text(f"""
-_base_ = {QUICKSTART!r}
-model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
-""")
-    return str(path)
-
-
-def write_image(path, height=96, width=128, seed=0):
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    cv2.rectangle(img, (20, 30), (70, 80), (0, 0, 255), -1)
-    cv2.imwrite(str(path), img)
-    return str(path)
-
-
-@pytest.fixture(scope='module')
-def image(tmp_path_factory):
-    return write_image(tmp_path_factory.mktemp('img') / 'shapes.jpg')
 
 
 @pytest.fixture(scope='module')
@@ -91,7 +66,7 @@ def test_demo_draws_detections(tiny_config, image, checkpoint, tmp_path, capsys)
 
 
 def test_demo_out_dir_with_a_safetensors_checkpoint(tiny_config, image, checkpoint, tmp_path,
-                                                    capsys):
+                                                    capsys, image_writer):
     """--out-dir writes vis/ and preds/ as MMDetection's image_demo.py; a .safetensors
     checkpoint with the same weights gives the same detections as the .pth."""
     model = init_detector(tiny_config, checkpoint)
@@ -99,9 +74,9 @@ def test_demo_out_dir_with_a_safetensors_checkpoint(tiny_config, image, checkpoi
     save_safetensors(weights, model.state_dict(), {'dataset_meta': model.dataset_meta})
     folder = tmp_path / 'images'
     folder.mkdir()
-    write_image(folder / 'a.jpg', 96, 128, seed=1)
-    write_image(folder / 'b.png', 90, 70, seed=2)
-    write_image(folder / 'c.jpg', 96, 128, seed=3)
+    image_writer(folder / 'a.jpg', 96, 128, seed=1)
+    image_writer(folder / 'b.png', 90, 70, seed=2)
+    image_writer(folder / 'c.jpg', 96, 128, seed=3)
     out_dir = tmp_path / 'outputs'
     assert demo.main([str(folder), tiny_config, weights, '--out-dir', str(out_dir),
                       '--batch-size', '2', '--score-thr', '0.01']) == 0
@@ -122,11 +97,11 @@ def test_demo_out_dir_with_a_safetensors_checkpoint(tiny_config, image, checkpoi
     assert os.listdir(quiet) == ['vis']
 
 
-def test_demo_folder_skips_a_corrupt_image(tiny_config, checkpoint, tmp_path, capsys):
+def test_demo_folder_skips_a_corrupt_image(tiny_config, checkpoint, tmp_path, capsys, image_writer):
     folder = tmp_path / 'images'
     folder.mkdir()
-    write_image(folder / 'a.jpg', 80, 100, seed=1)
-    write_image(folder / 'b.png', 90, 70, seed=2)
+    image_writer(folder / 'a.jpg', 80, 100, seed=1)
+    image_writer(folder / 'b.png', 90, 70, seed=2)
     (folder / 'broken.jpg').write_bytes(b'not a jpeg')
     (folder / 'notes.txt').write_text('ignored')
     out = tmp_path / 'out'
@@ -140,7 +115,7 @@ def test_demo_folder_skips_a_corrupt_image(tiny_config, checkpoint, tmp_path, ca
 
 
 def test_demo_mistakes_stop_in_one_line_naming_the_file(tiny_config, image, checkpoint,
-                                                        tmp_path, capsys):
+                                                        tmp_path, capsys, image_writer):
     out = str(tmp_path / 'o.jpg')
     missing = str(tmp_path / 'missing.pth')
     assert f'checkpoint {missing} does not exist' in stops_with(
@@ -171,7 +146,7 @@ def test_demo_mistakes_stop_in_one_line_naming_the_file(tiny_config, image, chec
     assert f'cannot decode image file {broken}' in stops_with(
         capsys, [str(broken), tiny_config, checkpoint, '--out', out])
     (tmp_path / 'images').mkdir()
-    write_image(tmp_path / 'images' / 'a.jpg')
+    image_writer(tmp_path / 'images' / 'a.jpg')
     assert 'is a file, but IMAGE' in stops_with(
         capsys, [str(tmp_path / 'images'), tiny_config, checkpoint, '--out', image])
 

@@ -2,13 +2,11 @@
 checkpoint into a 3-class model with `load_from`, and the checkpoints that training,
 testing and the demo refuse."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
 
 from test_custom_data import QUICKSTART, ROOT, SIZES, run, write_coco, write_config
-
 
 CATEGORIES = (('boat', 1), ('plane', 2), ('car', 3))
 CLASSES = ('boat', 'plane', 'car')
@@ -34,9 +32,8 @@ def converted_80(tmp_path_factory, data_root):
     """An 80-class MMDetection checkpoint of the target architecture (mmdet's own model,
     perturbed so that no parameter is at its initial value), converted with
     mmdet2ddetr.py. Returns (path, converted state dict)."""
-    from ddetr.converters.mmdet_equivalent import build_equivalent_pair
-
     from ddetr.config import load_config
+    from ddetr.converters.mmdet_equivalent import build_equivalent_pair
     tmp = tmp_path_factory.mktemp('ckpt')
     config = write_config(tmp, data_root, CLASSES, extra=VARIANT)
     model_cfg = load_config(config, num_classes=80).model

@@ -14,12 +14,11 @@ import sys
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.registry import DefaultScope
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.structures import DetDataSample
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
-from conftest import stops_in_one_line
 from ddetr.converters import common as converter_utils
 from ddetr.converters import mmdetection as mmdet_converter
 from ddetr.converters import official as official_converter
@@ -31,7 +30,8 @@ TOOLS = osp.join(ROOT, 'tools', 'model_converters')
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'ddetr_tool_{name}', osp.join(TOOLS, name + '.py'))
+    spec = importlib.util.spec_from_file_location(f'ddetr_tool_{name}',
+                                                  osp.join(TOOLS, name + '.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -348,21 +348,21 @@ def test_two_stage_without_refinement_cannot_be_mapped_to_80():
         official_converter.convert_state_dict(state, num_classes=80)
 
 
-def test_errors_name_the_problem(tmp_path, capsys):
+def test_errors_name_the_problem(tmp_path, capsys, one_line_exit):
     missing = tmp_path / 'missing.pth'
-    assert f'{missing}: no such file' in stops_in_one_line(
+    assert f'{missing}: no such file' in one_line_exit(
         mmdet2ddetr.main, [str(missing), str(tmp_path / 'out.pth')])
     text = tmp_path / 'notes.txt'
     text.write_text('not a checkpoint')
-    assert 'not a readable PyTorch checkpoint' in stops_in_one_line(
+    assert 'not a readable PyTorch checkpoint' in one_line_exit(
         official2ddetr.main, [str(text), str(tmp_path / 'out.pth')])
     no_model = tmp_path / 'no_model.pth'
     torch.save({'optimizer': {}, 'epoch': 3}, no_model)
-    assert "no 'model' state dict" in stops_in_one_line(
+    assert "no 'model' state dict" in one_line_exit(
         official2ddetr.main, [str(no_model), str(tmp_path / 'out.pth')])
     wrong = tmp_path / 'wrong.pth'
     torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(1)}}, wrong)
-    assert 'not an MMDetection DeformableDETR state dict' in stops_in_one_line(
+    assert 'not an MMDetection DeformableDETR state dict' in one_line_exit(
         mmdet2ddetr.main, [str(wrong), str(tmp_path / 'out.pth')])
     # 91 -> 80 needs 91 rows
     state = build_mmdet('base', num_classes=85).state_dict()
@@ -374,7 +374,7 @@ def test_errors_name_the_problem(tmp_path, capsys):
     src = tmp_path / 'extra.pth'
     torch.save(state, src)
     config = osp.join(ROOT, 'configs', 'ddetr_r50.py')
-    err = stops_in_one_line(mmdet2ddetr.main,
+    err = one_line_exit(mmdet2ddetr.main,
                             [str(src), str(tmp_path / 'out.pth'), '--config', config])
     out = capsys.readouterr().out
     assert 'not mapped (left out) (1):\n  some_new_module.weight' in out

@@ -16,7 +16,6 @@ from ddetr.apis import DetInferencer, init_detector
 from ddetr.engine.checkpoint import load_checkpoint_file
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-QUICKSTART = osp.join(ROOT, 'configs', 'quickstart', 'ddetr_tiny_synthetic.py')
 
 _spec = importlib.util.spec_from_file_location(
     'ddetr_publish_model', osp.join(ROOT, 'tools', 'misc', 'publish_model.py'))
@@ -25,16 +24,6 @@ _spec.loader.exec_module(publish_model)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 CLASSES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring')
-
-
-@pytest.fixture(scope='module')
-def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp('cfg') / 'tiny.py'
-    path.write_text(f"""
-_base_ = {QUICKSTART!r}
-model = dict(num_queries=10, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
-""")
-    return str(path)
 
 
 @pytest.fixture(scope='module')

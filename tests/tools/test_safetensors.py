@@ -12,6 +12,7 @@ import torch
 
 from ddetr.apis import init_detector
 from ddetr.engine.checkpoint import save_safetensors
+
 from test_train_test import ROOT, run, write_config
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -91,8 +91,8 @@ def build_models(args):
 
 def make_batch(shape, batch_size, seed=0):
     """Normalized random images and data samples with NUM_GT random boxes each."""
-    from mmengine.structures import InstanceData
     from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
     height, width = shape
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn(batch_size, 3, height, width, generator=gen)

@@ -294,7 +294,8 @@ def main():
     if ours not in impls:
         print('\nddetr._C is not built: only the fallback was measured.')
         return
-    print('\n| workload | ratio fallback / ddetr | forward | fwd+bwd | peak memory (ddetr/fallback) |')
+    print('\n| workload | ratio fallback / ddetr | forward | fwd+bwd | '
+          'peak memory (ddetr/fallback) |')
     print('|---|---|---:|---:|---:|')
     failed = []
     # The speed targets are the 2-core CPU's; on a GPU the ratios are reported as they are.

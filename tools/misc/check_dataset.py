@@ -1,7 +1,9 @@
 """Check a COCO-format annotation file and its image folder before training.
 
-    python tools/misc/check_dataset.py data/my_data/annotations/train.json data/my_data/images/train/
+    python tools/misc/check_dataset.py ANN_FILE IMG_DIR
     python tools/misc/check_dataset.py ANN_FILE IMG_DIR --show 8 --out work_dirs/shown
+
+e.g. ANN_FILE data/my_data/annotations/train.json, IMG_DIR data/my_data/images/train/.
 
 Counts images, boxes and instances per class, and lists the problems: images that are
 missing or unreadable, images whose size differs from the file's width/height, boxes
@@ -124,9 +126,9 @@ def show(coco: dict, img_dir: str, num: int, out_dir: str) -> list:
     """Draw the boxes of the first ``num`` readable images into out_dir; returns the paths."""
     import mmcv
     import numpy as np
+    import torch
     from mmdet.visualization import DetLocalVisualizer
     from mmengine.structures import InstanceData
-    import torch
     categories = [c['name'] for c in coco.get('categories', [])]
     index = {c['id']: i for i, c in enumerate(coco.get('categories', []))}
     per_image = defaultdict(list)

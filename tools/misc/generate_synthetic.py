@@ -5,7 +5,6 @@ import json
 import math
 import os
 import os.path as osp
-import sys
 import time
 from collections import Counter
 

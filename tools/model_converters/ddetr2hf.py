@@ -12,8 +12,13 @@ from ddetr.apis import build_detector
 from ddetr.cli import add_trust_checkpoint, apply_trust_checkpoint, entry_point
 from ddetr.config import load_config
 from ddetr.converters.common import report, verify_against_config
-from ddetr.converters.huggingface import (coco91_classes, ddetr_variant, hf_config,
-                                          tied_heads_warning, to_hf_state_dict)
+from ddetr.converters.huggingface import (
+    coco91_classes,
+    ddetr_variant,
+    hf_config,
+    tied_heads_warning,
+    to_hf_state_dict,
+)
 from ddetr.engine.checkpoint import load_checkpoint_file
 from ddetr.engine.state_dict import state_dict_of
 from ddetr.errors import ConversionError

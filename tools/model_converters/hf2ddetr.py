@@ -7,12 +7,27 @@ import argparse
 import os.path as osp
 
 from ddetr.cli import entry_point
-from ddetr.converters.common import (coco80_dataset_meta, report, save_checkpoint,
-                                     select_class_rows, verify_against_config)
-from ddetr.converters.huggingface import (REPO_ROOT, base_config_for, cfg_options, check_coco_ids,
-                                          child_config_text, config_overrides, convert_state_dict,
-                                          merged_overrides, num_classes_of, read_hf_config,
-                                          read_hf_weights, variant_from_config)
+from ddetr.converters.common import (
+    coco80_dataset_meta,
+    report,
+    save_checkpoint,
+    select_class_rows,
+    verify_against_config,
+)
+from ddetr.converters.huggingface import (
+    REPO_ROOT,
+    base_config_for,
+    cfg_options,
+    check_coco_ids,
+    child_config_text,
+    config_overrides,
+    convert_state_dict,
+    merged_overrides,
+    num_classes_of,
+    read_hf_config,
+    read_hf_weights,
+    variant_from_config,
+)
 from ddetr.errors import ConversionError
 
 

@@ -5,9 +5,13 @@ import argparse
 import os.path as osp
 
 from ddetr.cli import entry_point
-from ddetr.converters.common import (coco80_dataset_meta, report, save_checkpoint,
-                                     verify_against_config)
-from ddetr.converters.mmdetection import load_mmdet_state_dict, convert_state_dict
+from ddetr.converters.common import (
+    coco80_dataset_meta,
+    report,
+    save_checkpoint,
+    verify_against_config,
+)
+from ddetr.converters.mmdetection import convert_state_dict, load_mmdet_state_dict
 from ddetr.errors import ConversionError
 
 

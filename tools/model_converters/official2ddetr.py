@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Convert a checkpoint of the original Deformable DETR release (fundamentalvision/Deformable-DETR) into a ddetr checkpoint.
+"""Convert a checkpoint of the original Deformable DETR release
+(fundamentalvision/Deformable-DETR) into a ddetr checkpoint.
 The key correspondence is in :mod:`ddetr.converters.official`; see docs/checkpoints.md."""
 import argparse
 import os.path as osp
 
 from ddetr.cli import entry_point
-from ddetr.converters.common import (coco80_dataset_meta, report, save_checkpoint,
-                                     verify_against_config)
-from ddetr.converters.official import load_official_checkpoint, convert_state_dict
+from ddetr.converters.common import (
+    coco80_dataset_meta,
+    report,
+    save_checkpoint,
+    verify_against_config,
+)
+from ddetr.converters.official import convert_state_dict, load_official_checkpoint
 from ddetr.errors import ConversionError
 
 

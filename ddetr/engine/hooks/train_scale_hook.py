@@ -3,8 +3,8 @@ from typing import List, Sequence
 
 from mmengine.hooks import Hook
 
-from ddetr.registry import HOOKS
 from ddetr.errors import ConfigError, PreflightError
+from ddetr.registry import HOOKS
 
 
 @HOOKS.register_module()

@@ -12,9 +12,15 @@ from torch import Tensor, nn
 from ddetr.errors import ConfigError
 from ddetr.ops import check_level_shapes
 from ddetr.registry import MODELS
-from ..layers import (DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder,
-                      MultiScaleDeformableAttention, SinePositionalEncoding, sine_embed)
+
 from ..fast_paths import backbone_input, use_channels_last_max_pool, zero_masked
+from ..layers import (
+    DeformableDetrTransformerDecoder,
+    DeformableDetrTransformerEncoder,
+    MultiScaleDeformableAttention,
+    SinePositionalEncoding,
+    sine_embed,
+)
 from ..utils import geometry_dtype, inverse_sigmoid, level_shapes
 
 
@@ -200,14 +206,22 @@ class DeformableDETR(BaseDetector):
         return outputs
 
     # ----------------------------------------------------------- the pipeline
-    def forward_transformer(self, batch_inputs: Tensor, batch_data_samples=None) -> Dict:
+    def forward_transformer(self, batch_inputs: Tensor, batch_data_samples=None,
+                            masks: Optional[Tensor] = None) -> Dict:
         """Features, then pre_transformer -> encoder -> pre_decoder -> decoder. Returns the
-        head's inputs: hidden_states, references and, two-stage, the encoder outputs."""
-        masks = self.padding_masks(batch_inputs, batch_data_samples)
+        head's inputs: hidden_states, references and, two-stage, the encoder outputs.
+
+        ``masks`` (bs, H, W) bool, True on padding, replaces the one built from the samples'
+        ``img_shape`` (the ONNX export builds it from a graph input)."""
+        if masks is None:
+            masks = self.padding_masks(batch_inputs, batch_data_samples)
+            any_padding = self.any_padding(batch_inputs, batch_data_samples)
+        else:
+            any_padding = True  # a given mask is not read back (it may be a traced input)
         mlvl_feats = self.extract_feat(batch_inputs)
         encoder_inputs, decoder_inputs = self.pre_transformer(mlvl_feats, masks)
         memory_mask = decoder_inputs['memory_mask']
-        if not self.any_padding(batch_inputs, batch_data_samples):
+        if not any_padding:
             # The attention layers' masks would zero no value: skip them (each costs a copy
             # of the projected values, forward and backward). Same results.
             encoder_inputs['key_padding_mask'] = decoder_inputs['memory_mask'] = None

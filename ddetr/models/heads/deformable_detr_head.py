@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from ddetr.errors import ConfigError
 from ddetr.registry import MODELS, TASK_UTILS
+
 from ..layers import MLP
-from ..utils import (average_across_processes, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh,
-                     offset_boxes)
+from ..utils import average_across_processes, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, offset_boxes
 
 # Classification bias for a prior probability of 0.01 per class (focal loss init).
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)

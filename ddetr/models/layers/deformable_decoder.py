@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ddetr.errors import ConfigError
 from ddetr.registry import MODELS
+
 from ..fast_paths import Dropout
 from ..utils import offset_boxes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention

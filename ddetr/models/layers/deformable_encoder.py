@@ -7,6 +7,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ddetr.registry import MODELS
+
 from ..fast_paths import Dropout
 from ..utils import geometry_dtype, level_shapes
 from .multi_scale_deformable_attention import MultiScaleDeformableAttention

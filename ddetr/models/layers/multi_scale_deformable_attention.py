@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ddetr.errors import ConfigError
 from ddetr.ops import ms_deform_attn
 from ddetr.registry import MODELS
+
 from ..fast_paths import zero_masked
 from ..utils import geometry_dtype
 

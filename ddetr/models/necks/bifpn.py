@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ddetr.errors import ConfigError
 from ddetr.registry import MODELS
+
 from .channel_mapper import MultiScaleChannelMapper
 
 

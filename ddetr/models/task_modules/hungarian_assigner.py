@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ddetr.errors import ConfigError
 from ddetr.registry import TASK_UTILS
+
 from .match_costs import build_match_cost
 
 

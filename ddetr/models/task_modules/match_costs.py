@@ -7,6 +7,7 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou
 
 from ddetr.registry import TASK_UTILS
+
 from ..utils import box_cxcywh_to_xyxy
 
 

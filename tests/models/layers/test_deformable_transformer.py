@@ -3,10 +3,13 @@ with the gradient blocked (A.4)."""
 import torch
 import torch.nn.functional as F
 
-from ddetr.models.layers import (MLP, DeformableDetrTransformerDecoder,
-                                 DeformableDetrTransformerDecoderLayer,
-                                 DeformableDetrTransformerEncoder,
-                                 DeformableDetrTransformerEncoderLayer)
+from ddetr.models.layers import (
+    MLP,
+    DeformableDetrTransformerDecoder,
+    DeformableDetrTransformerDecoderLayer,
+    DeformableDetrTransformerEncoder,
+    DeformableDetrTransformerEncoderLayer,
+)
 from ddetr.models.utils import inverse_sigmoid
 
 SHAPES = torch.tensor([[4, 6], [2, 3]])
