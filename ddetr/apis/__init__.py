@@ -3,13 +3,13 @@ it on an image file, and :class:`DetInferencer`, MMDetection's inference call ov
 model."""
 from .det_inferencer import DetInferencer
 from .inference import (
-                        build_detector,
-                        build_test_pipeline,
-                        dataset_meta_of,
-                        inference_detector,
-                        init_detector,
-                        load_weights,
-                        prepare_image,
+    build_detector,
+    build_test_pipeline,
+    dataset_meta_of,
+    inference_detector,
+    init_detector,
+    load_weights,
+    prepare_image,
 )
 
 __all__ = ['DetInferencer', 'build_detector', 'build_test_pipeline', 'dataset_meta_of',

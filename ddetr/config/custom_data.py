@@ -61,14 +61,14 @@ def _classes(cfg, name: str):
     if classes is not None and meta_classes is not None and \
             list(classes) != list(meta_classes):
         raise ConfigError(f'{name}: `classes` {list(classes)} and `metainfo.classes` '
-                         f'{list(meta_classes)} differ; set one of them')
+                          f'{list(meta_classes)} differ; set one of them')
     classes = classes if classes is not None else meta_classes
     if classes is None:
         return None
     if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or \
             len(classes) == 0:
         raise ConfigError(f'{name}: `classes` must be a non-empty list or tuple of class '
-                         f'names, e.g. classes = (\'car\', \'person\'); got {classes!r}')
+                          f'names, e.g. classes = (\'car\', \'person\'); got {classes!r}')
     duplicates = sorted({c for c in classes if list(classes).count(c) > 1})
     if duplicates:
         raise ConfigError(f'{name}: `classes` names {duplicates} more than once')
@@ -99,14 +99,14 @@ def apply_custom_data(cfg):
         return cfg
     if classes is None:
         raise ConfigError(f'{name}: {", ".join(given)} set but no class names: add '
-                         f'classes = (...) with the names of the annotation file\'s '
-                         f'categories')
+                          f'classes = (...) with the names of the annotation file\'s '
+                          f'categories')
     for split in SPLITS:
         ann, img = f'{split}_ann_file', f'{split}_img_dir'
         if (cfg.get(ann, None) is None) != (cfg.get(img, None) is None):
             missing = img if cfg.get(img, None) is None else ann
             raise ConfigError(f'{name}: `{ann}` and `{img}` go together; `{missing}` is '
-                             f'missing')
+                              f'missing')
     data_root = cfg.get('data_root', None) or ''
     dataset_type = cfg.get('dataset_type', None) or 'SafeCocoDataset'
     for split in SPLITS:

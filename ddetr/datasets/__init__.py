@@ -2,10 +2,10 @@
 registries."""
 from .safe_coco import SafeCocoDataset
 from .synthetic import (
-                        SYNTHETIC_CLASSES,
-                        SYNTHETIC_PALETTE,
-                        SyntheticCocoPaths,
-                        ensure_synthetic_coco,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_PALETTE,
+    SyntheticCocoPaths,
+    ensure_synthetic_coco,
 )
 from .synthetic_shapes import SyntheticShapesDataset
 from .transforms import ImageLoadError, LoadImageFromFileSafe, load_image

@@ -352,7 +352,7 @@ def ensure_synthetic_coco(root: str, num_train: int = 2000, num_val: int = 200,
     """
     if not 1 <= max_objects or not 0 < min_side <= max_side or not 0 <= min_visible < 1:
         raise ConfigError('need max_objects >= 1, 0 < min_side <= max_side, '
-                         '0 <= min_visible < 1')
+                          '0 <= min_visible < 1')
     params = dict(version=GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
                   seed=int(seed), min_side=int(min_side), max_side=int(max_side),
                   max_objects=int(max_objects), min_visible=float(min_visible))

@@ -31,6 +31,6 @@ class SyntheticShapesDataset(SafeCocoDataset):
         if synthetic is not None:
             if not data_root:
                 raise ConfigError('SyntheticShapesDataset(synthetic=...) needs data_root: '
-                                 'the folder to generate the dataset in')
+                                  'the folder to generate the dataset in')
             ensure_synthetic_coco(data_root, **synthetic)
         super().__init__(*args, data_root=data_root, **kwargs)

@@ -50,7 +50,7 @@ def enabled() -> bool:
     setting = os.environ.get(ENV, '1').strip() or '1'
     if setting not in ('0', '1'):
         raise ConfigError(f'{ENV}={os.environ[ENV]!r}: expected 0 (glibc malloc defaults) or 1 '
-                         f'(keep freed memory, the default)')
+                          f'(keep freed memory, the default)')
     return setting == '1'
 
 

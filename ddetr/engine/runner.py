@@ -11,7 +11,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from ddetr.config import config_errors_named
-from ddetr.errors import CheckpointError, DataError
+from ddetr.errors import CheckpointError, ConfigError, DataError
 
 from .checkpoint import is_safetensors, use_safe_checkpoint_loader
 from .cpu_memory import keep_freed_memory
@@ -24,8 +24,8 @@ def setup_cpu_distributed(cfg) -> None:
     here (from torchrun's environment) before the Runner, which then reuses it."""
     import torch.distributed as dist
     if cfg.launcher != 'pytorch':
-        raise NotImplementedError(f'--launcher {cfg.launcher} without GPUs: use pytorch '
-                                  f'(tools/dist_train.sh, tools/dist_test.sh)')
+        raise ConfigError(f'--launcher {cfg.launcher} without GPUs: use pytorch '
+                          f'(tools/dist_train.sh, tools/dist_test.sh)')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
     cfg.model_wrapper_cfg = dict(

@@ -4,12 +4,12 @@ its argument rules in :mod:`.msda_checks`, the fallback in :mod:`.msda_fallback`
 counter-based dropout (:mod:`.dropout`)."""
 from .dropout import HAS_COUNTER_DROPOUT, counter_dropout
 from .extension import (
-                        BACKEND_ENV,
-                        BACKENDS,
-                        HAS_COMPILED_OP,
-                        backend_info,
-                        msda_backend,
-                        release_grad_cache,
+    BACKEND_ENV,
+    BACKENDS,
+    HAS_COMPILED_OP,
+    backend_info,
+    msda_backend,
+    release_grad_cache,
 )
 from .ms_deform_attn import ms_deform_attn
 from .msda_checks import check_level_shapes, level_shapes, level_starts

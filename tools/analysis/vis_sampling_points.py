@@ -189,7 +189,7 @@ def sampling_points(model: nn.Module, batch: dict, query_index: Optional[int] = 
         query_index = int(best_scores.argmax())
     elif not 0 <= query_index < num_queries:
         raise ConfigError(f'--query-index {query_index}: the model has {num_queries} object '
-                         f'queries (0..{num_queries - 1})')
+                          f'queries (0..{num_queries - 1})')
     box = box_to_image_pixels(outputs[1][-1, 0, query_index].float(), img_shape, scale_factor)
 
     # encoder query: the pixel under the given point, or under the box centre

@@ -41,12 +41,12 @@ class TrainScaleScheduleHook(Hook):
         ratios, milestones = [float(r) for r in ratios], [float(m) for m in milestones]
         if not ratios or len(ratios) != len(milestones):
             raise ConfigError(f'TrainScaleScheduleHook: one milestone per ratio, got ratios '
-                             f'{ratios} and milestones {milestones}')
+                              f'{ratios} and milestones {milestones}')
         if not all(0 < r <= 1 for r in ratios):
             raise ConfigError(f'TrainScaleScheduleHook: ratios must be in (0, 1], got {ratios}')
         if not all(0 <= m <= 1 for m in milestones) or milestones != sorted(milestones):
             raise ConfigError(f'TrainScaleScheduleHook: milestones must increase within '
-                             f'[0, 1], got {milestones}')
+                              f'[0, 1], got {milestones}')
         self.ratios = ratios + [1.0]  # the configured scale after the last milestone
         self.milestones = milestones
         self.ends: List[int] = []  # the first iteration of each later stage (before_train)

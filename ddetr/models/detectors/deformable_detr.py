@@ -29,7 +29,7 @@ def _derive(cfg: dict, key: str, value, owner: str, where: str) -> None:
     is a conflict (it would otherwise be silently ignored or silently win)."""
     if key in cfg and cfg[key] != value:
         raise ConfigError(f'DeformableDETR: {where}.{key}={cfg[key]!r} conflicts with the '
-                         f'detector\'s {owner}={value!r}; set it on the detector only')
+                          f'detector\'s {owner}={value!r}; set it on the detector only')
     cfg[key] = value
 
 
@@ -84,7 +84,7 @@ class DeformableDETR(BaseDetector):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if num_queries < 1 or num_feature_levels < 1 or num_points < 1:
             raise ConfigError(f'DeformableDETR: num_queries ({num_queries}), num_feature_levels '
-                             f'({num_feature_levels}) and num_points ({num_points}) must be >= 1')
+                              f'({num_feature_levels}) and num_points ({num_points}) must be >= 1')
         self.num_queries = num_queries
         self.num_feature_levels = num_feature_levels
         self.num_points = num_points
@@ -121,7 +121,7 @@ class DeformableDETR(BaseDetector):
         self.embed_dims = embed_dims = self.decoder.embed_dims
         if self.encoder.embed_dims != embed_dims:
             raise ConfigError(f'DeformableDETR: encoder embed_dims ({self.encoder.embed_dims}) '
-                             f'and decoder embed_dims ({embed_dims}) differ')
+                              f'and decoder embed_dims ({embed_dims}) differ')
         if embed_dims % 2:
             raise ConfigError(f'DeformableDETR: embed_dims must be even, got {embed_dims}')
         positional_encoding = dict(positional_encoding or {})

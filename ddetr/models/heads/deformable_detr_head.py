@@ -217,7 +217,7 @@ class DeformableDETRHead(BaseModule):
             labels = gt.labels.to(like.device).long()
             if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise ConfigError(f'DeformableDETRHead: ground-truth labels must be in '
-                                 f'[0, {self.num_classes}), got {labels.tolist()}')
+                                  f'[0, {self.num_classes}), got {labels.tolist()}')
             img_h, img_w = meta['img_shape'][:2]
             factor = boxes.new_tensor([img_w, img_h, img_w, img_h])
             gt_boxes.append(box_xyxy_to_cxcywh(boxes.to(like.device) / factor.to(like.device)))

@@ -101,7 +101,7 @@ class DeformableDetrTransformerDecoder(BaseModule):
         layer_cfg = dict(layer_cfg or {})
         if num_layers < 1:
             raise ConfigError(f'DeformableDetrTransformerDecoder: num_layers must be >= 1, '
-                             f'got {num_layers}')
+                              f'got {num_layers}')
         self.num_layers = num_layers
         self.layers = nn.ModuleList(
             DeformableDetrTransformerDecoderLayer(**layer_cfg) for _ in range(num_layers))

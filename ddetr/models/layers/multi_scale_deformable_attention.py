@@ -77,10 +77,10 @@ class MultiScaleDeformableAttention(BaseModule):
                                 num_points=num_points).items():
             if value < 1:
                 raise ConfigError(f'MultiScaleDeformableAttention: {name} must be >= 1, '
-                                 f'got {value}')
+                                  f'got {value}')
         if embed_dims % num_heads != 0:
             raise ConfigError(f'MultiScaleDeformableAttention: embed_dims ({embed_dims}) must be '
-                             f'divisible by num_heads ({num_heads})')
+                              f'divisible by num_heads ({num_heads})')
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.num_levels = num_levels
